@@ -1,0 +1,145 @@
+"""Render a spec into the source of its generated module (Jinja over flagen/templates).
+
+The same spec always renders byte-identical source: everything in the template context is
+derived deterministically from the spec (sympy's canonical ordering, CSE with numbered
+temporaries, inputs in declaration order).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from pathlib import Path
+
+import jinja2
+import sympy as sp
+
+import flagen
+from flagen.codegen.printer import HELPERS, LOG2E, derivatives, lower
+from flagen.ir.spec import Decay, Recurrence, Shape, head_index
+
+TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates"
+MODULE_TEMPLATE = "module.py.j2"
+
+_GRAD_LAYOUT = {
+    Shape.TOKEN: "[NV, B, T, HV]",
+    Shape.TOKEN_KEY: "[NV, B, T, HV, K]",
+    Shape.HEAD: "[NV, N, HV]",
+    Shape.HEAD_KEY: "[NV, N, HV, K]",
+}
+
+
+@functools.lru_cache(maxsize=1)
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def template_hash() -> str:
+    """Hash of every template's text: part of each module's header and of cache keys."""
+    h = hashlib.sha256()
+    for path in sorted(TEMPLATE_DIR.glob("*.j2")):
+        h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def _names(spec: Recurrence) -> dict[str, str]:
+    names = {i.name: f"b_{i.name}" for i in spec.inputs}
+    names[head_index.name] = "b_head_index"
+    return names
+
+
+def _expression(spec: Recurrence, expr: sp.Expr, prefix: str, vector: bool) -> tuple[dict, set[str]]:
+    """Forward value and sympy derivatives of one parametrisation, lowered to Triton."""
+    names = _names(spec)
+    assign, (value,), helpers = lower([expr], names, prefix)
+    wrt = [s for s in sorted(expr.free_symbols, key=lambda s: s.name)
+           if s != head_index and spec.input(s.name).shape is not Shape.CONST]
+    dassign, dvalues, dhelpers = lower(derivatives(expr, wrt), names, prefix + "_d")
+    dvars = {}
+    for s, text in zip(wrt, dvalues):
+        dvars[s.name] = f"{prefix}_d_{s.name}"
+        dassign.append((dvars[s.name], text))
+    return {
+        "text": sp.sstr(expr), "assign": assign, "value": value, "dassign": dassign, "dvars": dvars,
+        "vector": vector,
+    }, helpers | dhelpers
+
+
+def _chain(spec: Recurrence, name: str, per_key: bool, parts: list[tuple[dict, str]]) -> str | None:
+    """The gradient of raw input ``name`` from the gradients of the gate and of beta (``b_dgate``, ``b_dbeta_t``)."""
+    terms = []
+    for expr, upstream in parts:
+        if expr is None or name not in expr["dvars"]:
+            continue
+        term = f"{upstream} * {expr['dvars'][name]}"
+        if expr["vector"]:
+            # padded keys (K < BK) must not leak into the gradient, even as 0 * inf
+            term = f"tl.where(m_k, {term}, 0.0)"
+            if not per_key:
+                term = f"tl.sum({term})"
+        terms.append(term)
+    return " + ".join(terms) if terms else None
+
+
+def context(spec: Recurrence) -> dict:
+    helpers: set[str] = set()
+    gate = beta = None
+    if spec.gate is not None:
+        gate, h = _expression(spec, spec.gate, "b_gate", vector=spec.decay is Decay.KEY)
+        helpers |= h
+    if spec.beta is not None:
+        beta, h = _expression(spec, spec.beta, "b_beta", vector=spec.beta_per_key)
+        helpers |= h
+
+    inputs, grads = [], []
+    structural = {"a", "b"} if spec.low_rank else set()
+    if spec.bonus:
+        structural.add("u")
+    for i in spec.inputs:
+        row = {"name": i.name, "shape": i.shape.value, "per_token": i.shape.per_token,
+               "per_key": i.shape.per_key, "const": i.shape is Shape.CONST}
+        inputs.append(row)
+        if i.shape is Shape.CONST:
+            continue
+        chain = None if i.name in structural else _chain(
+            spec, i.name, i.shape.per_key, [(gate, "b_dgate"), (beta, "b_dbeta_t")])
+        grads.append(dict(row, chain=chain, grad_layout=_GRAD_LAYOUT[i.shape]))
+
+    templates = ", ".join(sorted(p.name for p in TEMPLATE_DIR.glob("*.j2")))
+    return {
+        "name": spec.name,
+        "doc": spec.doc,
+        "ir_text": spec.ir_text(),
+        "flagen_version": flagen.__version__,
+        "templates": templates,
+        "template_hash": template_hash(),
+        "log2e": LOG2E,
+        "inputs": inputs,
+        "grads": grads,
+        "input_table": repr(tuple((i.name, i.shape.value) for i in spec.inputs)),
+        "grad_table": repr(tuple(g["name"] for g in grads)),
+        "normalize": spec.normalize,
+        "decay": spec.decay.value,
+        "gate": gate,
+        "gate_per_token": spec.gate_per_token,
+        "gate_grads": bool(gate and gate["dvars"]),
+        "uses_head_index": spec.gate is not None and head_index in spec.gate.free_symbols,
+        "delta": spec.delta,
+        "beta": beta,
+        "beta_per_key": spec.beta_per_key,
+        "low_rank": spec.low_rank,
+        "bonus": spec.bonus,
+        "qk_l2norm": spec.qk_l2norm,
+        "helpers": [HELPERS[h] for h in sorted(helpers)],
+    }
+
+
+def render(spec: Recurrence) -> str:
+    """The Python source of ``spec``'s generated module."""
+    return _environment().get_template(MODULE_TEMPLATE).render(**context(spec))

@@ -1,0 +1,312 @@
+"""Calling generated kernels: checks, allocation, launch, autograd, decoding.
+
+A generated module carries its kernels (``KERNELS``) and the metadata the runtime needs
+(``INPUTS``: raw inputs as (name, shape) in kernel-argument order, ``GRADS``, ``NORMALIZE``),
+so calling a built-in needs no IR, Jinja or sympy.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+import torch
+import triton
+
+from flagen.runtime import checks
+
+DEFAULT_CHECKPOINT_INTERVAL = 64
+
+
+def _tiles(K: int, V: int, budget: int) -> tuple[int, int, int]:
+    """BK covers all of K (the delta rule and low-rank transitions mix keys); BV keeps the
+    [BK, BV] fp32 blocks a program holds within ``budget`` elements."""
+    BK = max(16, triton.next_power_of_2(K))
+    BV = min(max(16, triton.next_power_of_2(V)), max(16, budget // BK))
+    return BK, BV, triton.cdiv(V, BV)
+
+
+def _input_shape(kind: str, B: int, T: int, HV: int, K: int) -> tuple:
+    return {"token": (B, T, HV), "token_key": (B, T, HV, K), "head": (HV,), "head_key": (HV, K)}[kind]
+
+
+def _input_what(kind: str) -> str:
+    return {"token": "[B, T, HV]", "token_key": "[B, T, HV, K]", "head": "[HV]", "head_key": "[HV, K]"}[kind]
+
+
+class _Recurrent(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, op, meta, q, k, v, h0, *raw):
+        kern = op.module.KERNELS
+        B, T, H, K = q.shape
+        HV, V = v.shape[2], v.shape[3]
+        N, cu, lens = meta["N"], meta["cu"], meta["lens"]
+        BK, BV, NV = _tiles(K, V, 8192)
+        needs_grad = meta["needs_grad"]
+        CKPT = meta["ckpt_interval"]
+        ckpt_counts = [triton.cdiv(n, CKPT) for n in lens]
+        offsets = torch.tensor([0] + ckpt_counts, dtype=torch.int64).cumsum(0).to(q.device)
+        ckpt = q.new_empty(max(1, sum(ckpt_counts)) if needs_grad else 1, HV, K, V, dtype=torch.float32) \
+            if needs_grad else None
+        o = torch.empty_like(v)
+        ht = q.new_empty(N, HV, K, V, dtype=torch.float32) if meta["output_final_state"] else None
+        kern["fwd"][(N * HV, NV)](
+            q, k, v, *op.kernel_inputs(raw, meta),
+            o, h0, ht, ckpt, offsets, cu,
+            meta["scale"], T,
+            H=H, HV=HV, K=K, V=V, BK=BK, BV=BV, CKPT=CKPT,
+            USE_H0=h0 is not None, STORE_HT=ht is not None, STORE_CKPT=needs_grad, IS_VARLEN=cu is not None,
+        )
+        if needs_grad:
+            ctx.save_for_backward(q, k, v, h0, ckpt, offsets, cu, *raw)
+            ctx.op, ctx.meta = op, meta
+        return o, ht
+
+    @staticmethod
+    def backward(ctx, do, dht):
+        op, meta = ctx.op, ctx.meta
+        q, k, v, h0, ckpt, offsets, cu, *raw = ctx.saved_tensors
+        B, T, H, K = q.shape
+        HV, V = v.shape[2], v.shape[3]
+        N, NT = meta["N"], B * T
+        BK, BV, NV = _tiles(K, V, 4096)
+        CKPT = meta["ckpt_interval"]
+        f32 = dict(dtype=torch.float32, device=q.device)
+        scratch = torch.empty(N * HV * NV, CKPT, BK, BV, **f32)
+        dq = torch.empty(NV, NT, HV, K, **f32)
+        dk = torch.empty(NV, NT, HV, K, **f32)
+        dv = torch.empty_like(v)
+        grads = {}
+        for name, kind in op.module.INPUTS:
+            if name in op.module.GRADS:
+                shape = {"token": (NV, NT, HV), "token_key": (NV, NT, HV, K),
+                         "head": (NV, N, HV), "head_key": (NV, N, HV, K)}[kind]
+                grads[name] = torch.empty(shape, **f32)
+        dh0 = torch.empty(N, HV, K, V, **f32) if h0 is not None else None
+        op.module.KERNELS["bwd"][(N * HV, NV)](
+            q, k, v, *op.kernel_inputs(raw, meta),
+            do.contiguous(), dht.contiguous() if dht is not None else None, dq, dk, dv,
+            *grads.values(), dh0,
+            ckpt, offsets, scratch, cu,
+            meta["scale"], T, NT, N,
+            H=H, HV=HV, K=K, V=V, BK=BK, BV=BV, NV=NV, CKPT=CKPT,
+            USE_DHT=dht is not None, STORE_DH0=dh0 is not None, IS_VARLEN=cu is not None,
+        )
+        G = HV // H
+        dq = dq.sum(0).view(B, T, H, G, K).sum(3).to(q.dtype)
+        dk = dk.sum(0).view(B, T, H, G, K).sum(3).to(k.dtype)
+        raw_grads = []
+        tensors = iter(raw)
+        for name, kind in op.module.INPUTS:
+            if kind == "const":
+                continue
+            x = next(tensors)
+            g = grads.get(name)
+            if g is None:
+                raw_grads.append(None)
+            elif kind.startswith("token"):
+                raw_grads.append(g.sum(0).view(x.shape).to(x.dtype))
+            else:
+                raw_grads.append(g.sum((0, 1)).view(x.shape).to(x.dtype))
+        dh0 = dh0.to(h0.dtype) if dh0 is not None else None
+        return (None, None, dq, dk, dv, dh0, *raw_grads)
+
+
+class RecurrentOp:
+    """The op of one generated module: ``op(q, k, v, scale=None, initial_state=None,
+    output_final_state=False, cu_seqlens=None, reverse=False, **inputs) -> (o, final_state)``.
+
+    q, k [B, T, H, K]; v [B, T, HV, V]; inputs by their shapes (``op.inputs``);
+    initial_state [N, HV, K, V]; o [B, T, HV, V]; final_state [N, HV, K, V] in fp32.
+    With the normaliser (linear attention), states are ``(S, z)`` pairs, z [N, HV, K].
+    """
+
+    def __init__(self, module: ModuleType):
+        self.module = module
+        self.name = module.NAME
+        self.inputs = dict(module.INPUTS)
+
+    def __repr__(self):
+        return f"RecurrentOp({self.name}, inputs={self.inputs})"
+
+    def kernel_inputs(self, raw, meta):
+        """Kernel arguments for the raw inputs: tensors in order, per-call constants by value."""
+        tensors = iter(raw)
+        return [meta["consts"][name] if kind == "const" else next(tensors) for name, kind in self.module.INPUTS]
+
+    # --- checks ----------------------------------------------------------------------------
+    def _check(self, q, k, v, inputs, initial_state, cu_seqlens):
+        checks.tensor("q", q, ndim=4)
+        dev = q.device
+        checks.tensor("k", k, ndim=4, device=dev)
+        checks.tensor("v", v, ndim=4, device=dev)
+        B, T, H, K = q.shape
+        checks.shape("k", k, (B, T, H, K), "[B, T, H, K]")
+        if k.dtype != q.dtype or v.dtype != q.dtype:
+            raise TypeError(f"`q`, `k` and `v` must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+        if v.shape[0] != B or v.shape[1] != T:
+            raise ValueError(f"`v` must have shape [B, T, HV, V] with B={B}, T={T}, got {tuple(v.shape)}")
+        HV, V = v.shape[2], v.shape[3]
+        if H == 0 or HV % H != 0:
+            raise ValueError(f"`v` has HV={HV} heads, which must be a multiple of q's H={H}")
+        if K == 0 or V == 0 or K > checks.MAX_HEAD_DIM or V > checks.MAX_HEAD_DIM:
+            raise ValueError(f"head dims K={K}, V={V} must be in 1..{checks.MAX_HEAD_DIM}")
+        unknown = set(inputs) - set(self.inputs)
+        if unknown:
+            raise TypeError(f"{self.name}: unexpected input(s) {sorted(unknown)}; takes {sorted(self.inputs)}")
+        for name, kind in self.module.INPUTS:
+            if name not in inputs or inputs[name] is None:
+                raise TypeError(f"{self.name}: missing input `{name}` ({kind})")
+            x = inputs[name]
+            if kind == "const":
+                if isinstance(x, torch.Tensor) or not isinstance(x, (int, float)):
+                    raise TypeError(f"`{name}` must be a Python number")
+                continue
+            checks.tensor(name, x, device=dev)
+            checks.shape(name, x, _input_shape(kind, B, T, HV, K), _input_what(kind))
+        lens = checks.cu_seqlens(cu_seqlens, B, T, dev)
+        N = B if lens is None else len(lens) - 1
+        if initial_state is not None:
+            s = initial_state[0] if isinstance(initial_state, tuple) else initial_state
+            checks.tensor("initial_state", s, ndim=4, device=dev)
+            checks.shape("initial_state", s, (N, HV, K, V), "[N, HV, K, V]")
+            if isinstance(initial_state, tuple):
+                checks.tensor("initial_state[1]", initial_state[1], ndim=3, device=dev)
+                checks.shape("initial_state[1]", initial_state[1], (N, HV, K), "[N, HV, K]")
+        seq_lens = [T] * B if lens is None else [b - a for a, b in zip(lens, lens[1:])]
+        return N, seq_lens
+
+    # --- calls -----------------------------------------------------------------------------
+    def __call__(self, q, k, v, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None,
+                 reverse=False, checkpoint_interval=DEFAULT_CHECKPOINT_INTERVAL, **inputs):
+        N, seq_lens = self._check(q, k, v, inputs, initial_state, cu_seqlens)
+        scale = checks.scale_value(scale, q.shape[-1])
+        z0 = None
+        if isinstance(initial_state, tuple):
+            if not self.module.NORMALIZE:
+                raise TypeError("`initial_state` must be a tensor (a (state, z) pair is for the normaliser)")
+            initial_state, z0 = initial_state
+        if reverse:
+            flip = _Flip(seq_lens, cu_seqlens is not None, q.shape[1], q.device)
+            q, k, v = flip(q), flip(k), flip(v)
+            inputs = {n: flip(x) if self.inputs[n].startswith("token") else x for n, x in inputs.items()}
+        raw = [inputs[n] for n, kind in self.module.INPUTS if kind != "const"]
+        consts = {n: float(inputs[n]) for n, kind in self.module.INPUTS if kind == "const"}
+        tensors = (q, k, v, initial_state, *raw)
+        needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+        meta = dict(N=N, lens=seq_lens, cu=cu_seqlens, scale=scale, consts=consts, needs_grad=needs_grad,
+                    output_final_state=bool(output_final_state), ckpt_interval=int(checkpoint_interval))
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        h0 = initial_state.contiguous() if initial_state is not None else None
+        raw = [x.contiguous() for x in raw]
+        o, ht = _Recurrent.apply(self, meta, q, k, v, h0, *raw)
+        if self.module.NORMALIZE:
+            o, z = _normalize(o, q, k, scale, z0, seq_lens, cu_seqlens is not None)
+            ht = (ht, z) if output_final_state else None
+        if reverse:
+            o = flip(o)
+        return o, ht
+
+    def decode(self, q, k, v, state, scale=None, state_indices=None, **inputs):
+        """One generation step: q, k [N, H, K] (or [N, 1, H, K]), v [N, HV, V] (or [N, 1, HV, V]),
+        per-token inputs [N, HV(, K)] (or with the 1); updates ``state`` [S, HV, K, V] (fp32)
+        in place at slots ``state_indices`` [N] (default 0..N-1). Returns o shaped like v."""
+        squeeze = q.dim() == 4
+        if squeeze:
+            if q.shape[1] != 1:
+                raise ValueError(f"`q` for decode must have one token, got shape {tuple(q.shape)}")
+            q, k, v = q[:, 0], k[:, 0], v[:, 0]
+            inputs = {n: (x[:, 0] if self.inputs[n].startswith("token") else x) for n, x in inputs.items()}
+        # reuse the sequence checks with T = 1: [N, 1, ...]
+        q4, k4, v4 = q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1)
+        in4 = {n: (x.unsqueeze(1) if self.inputs.get(n, "").startswith("token") and isinstance(x, torch.Tensor)
+                   else x) for n, x in inputs.items()}
+        self._check(q4, k4, v4, in4, None, None)
+        N, H, K = q.shape
+        HV, V = v.shape[1], v.shape[2]
+        checks.tensor("state", state, ndim=4, device=q.device, dtypes=(torch.float32,))
+        if tuple(state.shape[1:]) != (HV, K, V) or not state.is_contiguous():
+            raise ValueError(f"`state` must be a contiguous fp32 tensor [S, {HV}, {K}, {V}], got {tuple(state.shape)}")
+        if state_indices is not None:
+            checks.tensor("state_indices", state_indices, ndim=1, device=q.device, dtypes=(torch.int32, torch.int64))
+            if state_indices.numel() != N:
+                raise ValueError(f"`state_indices` must have N={N} entries, got {state_indices.numel()}")
+        elif state.shape[0] < N:
+            raise ValueError(f"`state` has {state.shape[0]} slots for N={N} sequences")
+        scale = checks.scale_value(scale, K)
+        raw = [inputs[n].contiguous() for n, kind in self.module.INPUTS if kind != "const"]
+        meta = {"consts": {n: float(inputs[n]) for n, kind in self.module.INPUTS if kind == "const"}}
+        BK, BV, NV = _tiles(K, V, 8192)
+        o = torch.empty_like(v)
+        self.module.KERNELS["decode"][(N * HV, NV)](
+            q.contiguous(), k.contiguous(), v.contiguous(), *self.kernel_inputs(raw, meta),
+            o, state, state_indices, scale,
+            H=H, HV=HV, K=K, V=V, BK=BK, BV=BV, USE_INDICES=state_indices is not None,
+        )
+        return o.unsqueeze(1) if squeeze else o
+
+
+class _Flip:
+    """Reverse time within each sequence (for ``reverse=True``), differentiably."""
+
+    def __init__(self, seq_lens, varlen, T, device):
+        if varlen:
+            idx, start = [], 0
+            for n in seq_lens:
+                idx.extend(range(start + n - 1, start - 1, -1))
+                start += n
+            self.index = torch.tensor(idx, dtype=torch.long, device=device)
+        else:
+            self.index = torch.arange(T - 1, -1, -1, device=device)
+
+    def __call__(self, x):
+        return x.index_select(1, self.index)
+
+
+def _normalize(o, q, k, scale, z0, seq_lens, varlen):
+    """Linear attention's normaliser: o_t / (scale q_t . z_t), z_t = z0 + sum_{s<=t} k_s,
+    per sequence; returns the normalised output and the final z [N, HV, K]."""
+    B, T, H, K = q.shape
+    HV = o.shape[2]
+    G = HV // H
+    qf, kf = q.float(), k.float()
+    if varlen:
+        seg = torch.repeat_interleave(torch.arange(len(seq_lens), device=q.device),
+                                      torch.tensor(seq_lens, device=q.device))
+        kc = kf[0].cumsum(0)                                     # [T, H, K]
+        starts = torch.tensor([0] + list(torch.tensor(seq_lens).cumsum(0)[:-1].tolist()), device=q.device)
+        before = torch.cat([kc.new_zeros(1, H, K), kc])[starts]  # sum of keys before each sequence
+        z = (kc - before[seg]).unsqueeze(0)                      # [1, T, H, K]
+    else:
+        z = kf.cumsum(1)
+    z = z.repeat_interleave(G, dim=2)                            # [B, T, HV, K]
+    qh = qf.repeat_interleave(G, dim=2)
+    if z0 is not None:
+        z = z + (z0.float()[seg].unsqueeze(0) if varlen else z0.float().unsqueeze(1))
+    denom = (qh * scale * z).sum(-1, keepdim=True) + 1e-10
+    out = (o.float() / denom).to(o.dtype)
+    if varlen:
+        ends = torch.tensor(seq_lens, device=q.device).cumsum(0) - 1
+        zf = z[0].index_select(0, ends.clamp(min=0))
+        empty = torch.tensor([n == 0 for n in seq_lens], device=q.device)[:, None, None]
+        zf = torch.where(empty, z0.float() if z0 is not None else torch.zeros_like(zf), zf)
+    else:
+        zf = z[:, -1] if T > 0 else (z0.float() if z0 is not None else kf.new_zeros(B, HV, K))
+    return out, zf
+
+
+_ops: dict = {}
+
+
+def get_op(spec_or_name) -> RecurrentOp:
+    """The op of a built-in variant (by name) or of a user's spec (through the cache)."""
+    key = spec_or_name if isinstance(spec_or_name, str) else spec_or_name.ir_text()
+    op = _ops.get(key)
+    if op is None:
+        if isinstance(spec_or_name, str):
+            from flagen.codegen.build import load_builtin
+            module = load_builtin(spec_or_name)
+        else:
+            from flagen.codegen import cache
+            module = cache.load(spec_or_name)
+        op = _ops[key] = RecurrentOp(module)
+    return op
