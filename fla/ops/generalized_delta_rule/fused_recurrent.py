@@ -1,0 +1,11 @@
+from fla.ops._recurrent import fused_recurrent
+
+
+def fused_recurrent_dplr_delta_rule(q, k, v, a, b, gk, scale=None, initial_state=None, output_final_state=False,
+                                    reverse=False, cu_seqlens=None):
+    """Diagonal plus low rank, token by token: S_t = (diag(exp(gk_t)) + b_t a_t^T) S_{t-1} + k_t v_t^T.
+
+    a, b, gk [B, T, HV, K]. Differentiable in every input (FLA 0.6.0 has no backward here).
+    """
+    return fused_recurrent("dplr", q, k, v, {"gk": gk, "a": a, "b": b}, scale, initial_state, output_final_state,
+                           reverse, cu_seqlens)
