@@ -11,7 +11,7 @@ export FLAGEN_CACHE_DIR=$(mktemp -d)
   nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
   python3 -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__, "cuda", torch.version.cuda)'
 } | tee "$out/env.txt"
-python3 -m pytest tests/test_recurrent_ops.py -q -p no:cacheprovider "$@" 2>&1 | tee "$out/pytest.log"
+python3 -m pytest tests/test_recurrent_ops.py tests/test_user_variant.py -q -p no:cacheprovider "$@" 2>&1 | tee "$out/pytest.log"
 status=${PIPESTATUS[0]}
 tail -n 1 "$out/pytest.log" >> "$out/env.txt"
 exit "$status"
