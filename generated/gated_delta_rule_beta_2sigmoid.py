@@ -180,8 +180,8 @@ def gated_delta_rule_beta_2sigmoid_recurrent_bwd(
             # beta = 2*sigmoid(beta)
             b_beta_t = (2.0 * tl.sigmoid(b_beta))
             b_kb = b_beta_t * b_k
-            b_beta_d_x0 = tl.sigmoid(b_beta)
-            b_beta_d_beta = (2.0 * b_beta_d_x0 * (1.0 + (-b_beta_d_x0)))
+            b_beta_dtmp_x0 = tl.sigmoid(b_beta)
+            b_beta_d_beta = (2.0 * b_beta_dtmp_x0 * (1.0 + (-b_beta_dtmp_x0)))
             b_do = tl.load(do + (i_tok * HV + i_hv) * V + o_v, mask=m_v, other=0).to(tl.float32)
             b_dh += (b_q * scale)[:, None] * b_do[None, :]
             b_p = b_hp * b_decay
@@ -263,4 +263,4 @@ KERNELS = {
     "bwd": gated_delta_rule_beta_2sigmoid_recurrent_bwd,
     "decode": gated_delta_rule_beta_2sigmoid_decode_step,
 }
-# flagen-digest: bbfdbb38afbfee6f2d9b0052925515292a3cd56996ead8e7707fda45d80d48e3
+# flagen-digest: 32b96769390c099dfe880dd0ff15095f5035cbef3955ecad41072da758bdadc2

@@ -180,8 +180,8 @@ def gated_delta_rule_beta_sigmoid_recurrent_bwd(
             # beta = sigmoid(beta)
             b_beta_t = tl.sigmoid(b_beta)
             b_kb = b_beta_t * b_k
-            b_beta_d_x0 = tl.sigmoid(b_beta)
-            b_beta_d_beta = (b_beta_d_x0 * (1.0 + (-b_beta_d_x0)))
+            b_beta_dtmp_x0 = tl.sigmoid(b_beta)
+            b_beta_d_beta = (b_beta_dtmp_x0 * (1.0 + (-b_beta_dtmp_x0)))
             b_do = tl.load(do + (i_tok * HV + i_hv) * V + o_v, mask=m_v, other=0).to(tl.float32)
             b_dh += (b_q * scale)[:, None] * b_do[None, :]
             b_p = b_hp * b_decay
@@ -263,4 +263,4 @@ KERNELS = {
     "bwd": gated_delta_rule_beta_sigmoid_recurrent_bwd,
     "decode": gated_delta_rule_beta_sigmoid_decode_step,
 }
-# flagen-digest: a21709fa9173712e8b7d7aec44ad4c76a9b974c05556e923f8f88d652d78ee23
+# flagen-digest: 50f92b1e5a4bb6ef7efc83f62992a6d431a979f758b38a4de7b31adfa6e39c8f

@@ -191,12 +191,12 @@ def gated_delta_rule_gate_recurrent_bwd(
             # gate: g = -exp(A_log)*softplus(dt_bias + g)
             b_gate = (-(tl.exp2(b_A_log * LOG2E) * _softplus((b_dt_bias + b_g))))
             b_decay = tl.exp2(b_gate * LOG2E)
-            b_gate_d_x0 = tl.exp2(b_A_log * LOG2E)
-            b_gate_d_x1 = (b_dt_bias + b_g)
-            b_gate_d_x2 = (-(b_gate_d_x0 * tl.sigmoid(b_gate_d_x1)))
-            b_gate_d_A_log = (-(b_gate_d_x0 * _softplus(b_gate_d_x1)))
-            b_gate_d_dt_bias = b_gate_d_x2
-            b_gate_d_g = b_gate_d_x2
+            b_gate_dtmp_x0 = tl.exp2(b_A_log * LOG2E)
+            b_gate_dtmp_x1 = (b_dt_bias + b_g)
+            b_gate_dtmp_x2 = (-(b_gate_dtmp_x0 * tl.sigmoid(b_gate_dtmp_x1)))
+            b_gate_d_A_log = (-(b_gate_dtmp_x0 * _softplus(b_gate_dtmp_x1)))
+            b_gate_d_dt_bias = b_gate_dtmp_x2
+            b_gate_d_g = b_gate_dtmp_x2
             # beta = beta
             b_beta_t = b_beta
             b_kb = b_beta_t * b_k
@@ -289,4 +289,4 @@ KERNELS = {
     "bwd": gated_delta_rule_gate_recurrent_bwd,
     "decode": gated_delta_rule_gate_decode_step,
 }
-# flagen-digest: 49649504ab0537fb58124ba96a53d461fa265b874450d5c0839dfea1d4a05a67
+# flagen-digest: 77b7fdabd26c4e3b7f912f5471731865080590b3109f37dac76a5db966e43aef

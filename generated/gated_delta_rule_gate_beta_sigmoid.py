@@ -191,17 +191,17 @@ def gated_delta_rule_gate_beta_sigmoid_recurrent_bwd(
             # gate: g = -exp(A_log)*softplus(dt_bias + g)
             b_gate = (-(tl.exp2(b_A_log * LOG2E) * _softplus((b_dt_bias + b_g))))
             b_decay = tl.exp2(b_gate * LOG2E)
-            b_gate_d_x0 = tl.exp2(b_A_log * LOG2E)
-            b_gate_d_x1 = (b_dt_bias + b_g)
-            b_gate_d_x2 = (-(b_gate_d_x0 * tl.sigmoid(b_gate_d_x1)))
-            b_gate_d_A_log = (-(b_gate_d_x0 * _softplus(b_gate_d_x1)))
-            b_gate_d_dt_bias = b_gate_d_x2
-            b_gate_d_g = b_gate_d_x2
+            b_gate_dtmp_x0 = tl.exp2(b_A_log * LOG2E)
+            b_gate_dtmp_x1 = (b_dt_bias + b_g)
+            b_gate_dtmp_x2 = (-(b_gate_dtmp_x0 * tl.sigmoid(b_gate_dtmp_x1)))
+            b_gate_d_A_log = (-(b_gate_dtmp_x0 * _softplus(b_gate_dtmp_x1)))
+            b_gate_d_dt_bias = b_gate_dtmp_x2
+            b_gate_d_g = b_gate_dtmp_x2
             # beta = sigmoid(beta)
             b_beta_t = tl.sigmoid(b_beta)
             b_kb = b_beta_t * b_k
-            b_beta_d_x0 = tl.sigmoid(b_beta)
-            b_beta_d_beta = (b_beta_d_x0 * (1.0 + (-b_beta_d_x0)))
+            b_beta_dtmp_x0 = tl.sigmoid(b_beta)
+            b_beta_d_beta = (b_beta_dtmp_x0 * (1.0 + (-b_beta_dtmp_x0)))
             b_do = tl.load(do + (i_tok * HV + i_hv) * V + o_v, mask=m_v, other=0).to(tl.float32)
             b_dh += (b_q * scale)[:, None] * b_do[None, :]
             b_p = b_hp * b_decay
@@ -290,4 +290,4 @@ KERNELS = {
     "bwd": gated_delta_rule_gate_beta_sigmoid_recurrent_bwd,
     "decode": gated_delta_rule_gate_beta_sigmoid_decode_step,
 }
-# flagen-digest: fdcd7e7be2aa214b54f54942720ce433dee9dd2125d31cf818ea4bfbbf1e09ac
+# flagen-digest: b7bcb9123311876cd61f021580c30b5243dcd4402724f5cc52f5519d36e80797

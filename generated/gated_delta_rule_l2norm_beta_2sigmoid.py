@@ -196,8 +196,8 @@ def gated_delta_rule_l2norm_beta_2sigmoid_recurrent_bwd(
             # beta = 2*sigmoid(beta)
             b_beta_t = (2.0 * tl.sigmoid(b_beta))
             b_kb = b_beta_t * b_k
-            b_beta_d_x0 = tl.sigmoid(b_beta)
-            b_beta_d_beta = (2.0 * b_beta_d_x0 * (1.0 + (-b_beta_d_x0)))
+            b_beta_dtmp_x0 = tl.sigmoid(b_beta)
+            b_beta_d_beta = (2.0 * b_beta_dtmp_x0 * (1.0 + (-b_beta_dtmp_x0)))
             b_do = tl.load(do + (i_tok * HV + i_hv) * V + o_v, mask=m_v, other=0).to(tl.float32)
             b_dh += (b_q * scale)[:, None] * b_do[None, :]
             b_p = b_hp * b_decay
@@ -285,4 +285,4 @@ KERNELS = {
     "bwd": gated_delta_rule_l2norm_beta_2sigmoid_recurrent_bwd,
     "decode": gated_delta_rule_l2norm_beta_2sigmoid_decode_step,
 }
-# flagen-digest: 40415be4dcc1d0146a0bcccb07a6f3615d457f4decfa595ac44b358d26d9d0c2
+# flagen-digest: ce78073298268edf8cbce28b3fef97badb2fc0df8c8dbe65c42187e9634f503a

@@ -196,8 +196,8 @@ def gated_delta_rule_l2norm_beta_sigmoid_recurrent_bwd(
             # beta = sigmoid(beta)
             b_beta_t = tl.sigmoid(b_beta)
             b_kb = b_beta_t * b_k
-            b_beta_d_x0 = tl.sigmoid(b_beta)
-            b_beta_d_beta = (b_beta_d_x0 * (1.0 + (-b_beta_d_x0)))
+            b_beta_dtmp_x0 = tl.sigmoid(b_beta)
+            b_beta_d_beta = (b_beta_dtmp_x0 * (1.0 + (-b_beta_dtmp_x0)))
             b_do = tl.load(do + (i_tok * HV + i_hv) * V + o_v, mask=m_v, other=0).to(tl.float32)
             b_dh += (b_q * scale)[:, None] * b_do[None, :]
             b_p = b_hp * b_decay
@@ -285,4 +285,4 @@ KERNELS = {
     "bwd": gated_delta_rule_l2norm_beta_sigmoid_recurrent_bwd,
     "decode": gated_delta_rule_l2norm_beta_sigmoid_decode_step,
 }
-# flagen-digest: 7d10eac710f25f0ba1fe342edd3d8c77bdacb3d0ad92196ad1bf6c427df8619e
+# flagen-digest: 5b3bc030c4b0c55729ca04dc62da9bcd19d2e25efb78ecf87a8c8af6223e2ba5

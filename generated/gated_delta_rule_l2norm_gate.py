@@ -207,12 +207,12 @@ def gated_delta_rule_l2norm_gate_recurrent_bwd(
             # gate: g = -exp(A_log)*softplus(dt_bias + g)
             b_gate = (-(tl.exp2(b_A_log * LOG2E) * _softplus((b_dt_bias + b_g))))
             b_decay = tl.exp2(b_gate * LOG2E)
-            b_gate_d_x0 = tl.exp2(b_A_log * LOG2E)
-            b_gate_d_x1 = (b_dt_bias + b_g)
-            b_gate_d_x2 = (-(b_gate_d_x0 * tl.sigmoid(b_gate_d_x1)))
-            b_gate_d_A_log = (-(b_gate_d_x0 * _softplus(b_gate_d_x1)))
-            b_gate_d_dt_bias = b_gate_d_x2
-            b_gate_d_g = b_gate_d_x2
+            b_gate_dtmp_x0 = tl.exp2(b_A_log * LOG2E)
+            b_gate_dtmp_x1 = (b_dt_bias + b_g)
+            b_gate_dtmp_x2 = (-(b_gate_dtmp_x0 * tl.sigmoid(b_gate_dtmp_x1)))
+            b_gate_d_A_log = (-(b_gate_dtmp_x0 * _softplus(b_gate_dtmp_x1)))
+            b_gate_d_dt_bias = b_gate_dtmp_x2
+            b_gate_d_g = b_gate_dtmp_x2
             # beta = beta
             b_beta_t = b_beta
             b_kb = b_beta_t * b_k
@@ -311,4 +311,4 @@ KERNELS = {
     "bwd": gated_delta_rule_l2norm_gate_recurrent_bwd,
     "decode": gated_delta_rule_l2norm_gate_decode_step,
 }
-# flagen-digest: 81c0bd6ad89bb56bab98272f60b79966ebe296b0ffd5b440224cd61e5bf86338
+# flagen-digest: 8de1a952484ed42f4ed4895ae5097baf9bfa63c4ead2e0d3af928b6ab0bb7aa1

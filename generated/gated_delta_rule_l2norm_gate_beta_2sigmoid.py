@@ -207,17 +207,17 @@ def gated_delta_rule_l2norm_gate_beta_2sigmoid_recurrent_bwd(
             # gate: g = -exp(A_log)*softplus(dt_bias + g)
             b_gate = (-(tl.exp2(b_A_log * LOG2E) * _softplus((b_dt_bias + b_g))))
             b_decay = tl.exp2(b_gate * LOG2E)
-            b_gate_d_x0 = tl.exp2(b_A_log * LOG2E)
-            b_gate_d_x1 = (b_dt_bias + b_g)
-            b_gate_d_x2 = (-(b_gate_d_x0 * tl.sigmoid(b_gate_d_x1)))
-            b_gate_d_A_log = (-(b_gate_d_x0 * _softplus(b_gate_d_x1)))
-            b_gate_d_dt_bias = b_gate_d_x2
-            b_gate_d_g = b_gate_d_x2
+            b_gate_dtmp_x0 = tl.exp2(b_A_log * LOG2E)
+            b_gate_dtmp_x1 = (b_dt_bias + b_g)
+            b_gate_dtmp_x2 = (-(b_gate_dtmp_x0 * tl.sigmoid(b_gate_dtmp_x1)))
+            b_gate_d_A_log = (-(b_gate_dtmp_x0 * _softplus(b_gate_dtmp_x1)))
+            b_gate_d_dt_bias = b_gate_dtmp_x2
+            b_gate_d_g = b_gate_dtmp_x2
             # beta = 2*sigmoid(beta)
             b_beta_t = (2.0 * tl.sigmoid(b_beta))
             b_kb = b_beta_t * b_k
-            b_beta_d_x0 = tl.sigmoid(b_beta)
-            b_beta_d_beta = (2.0 * b_beta_d_x0 * (1.0 + (-b_beta_d_x0)))
+            b_beta_dtmp_x0 = tl.sigmoid(b_beta)
+            b_beta_d_beta = (2.0 * b_beta_dtmp_x0 * (1.0 + (-b_beta_dtmp_x0)))
             b_do = tl.load(do + (i_tok * HV + i_hv) * V + o_v, mask=m_v, other=0).to(tl.float32)
             b_dh += (b_q * scale)[:, None] * b_do[None, :]
             b_p = b_hp * b_decay
@@ -312,4 +312,4 @@ KERNELS = {
     "bwd": gated_delta_rule_l2norm_gate_beta_2sigmoid_recurrent_bwd,
     "decode": gated_delta_rule_l2norm_gate_beta_2sigmoid_decode_step,
 }
-# flagen-digest: 378d44a1dc6abfa7008d0e07b9c869a9bd228c1495d3f7df71a80a75554ba4ea
+# flagen-digest: 40cf0812d710703295e6363fceda38386d136290fea77acb3e194447042da42a

@@ -180,8 +180,8 @@ def kda_beta_2sigmoid_recurrent_bwd(
             # beta = 2*sigmoid(beta)
             b_beta_t = (2.0 * tl.sigmoid(b_beta))
             b_kb = b_beta_t * b_k
-            b_beta_d_x0 = tl.sigmoid(b_beta)
-            b_beta_d_beta = (2.0 * b_beta_d_x0 * (1.0 + (-b_beta_d_x0)))
+            b_beta_dtmp_x0 = tl.sigmoid(b_beta)
+            b_beta_d_beta = (2.0 * b_beta_dtmp_x0 * (1.0 + (-b_beta_dtmp_x0)))
             b_do = tl.load(do + (i_tok * HV + i_hv) * V + o_v, mask=m_v, other=0).to(tl.float32)
             b_dh += (b_q * scale)[:, None] * b_do[None, :]
             b_p = b_hp * b_decay[:, None]
@@ -263,4 +263,4 @@ KERNELS = {
     "bwd": kda_beta_2sigmoid_recurrent_bwd,
     "decode": kda_beta_2sigmoid_decode_step,
 }
-# flagen-digest: 2c92229ed2ef2f8202ba42409addbe029e493be86b30ea53fc0fe527c86c0f1a
+# flagen-digest: 9c7eb5e10a729a29fa4e8a2e1a46be85265f8fac60fb415b4a46b24be1cb6dfd

@@ -180,8 +180,8 @@ def kda_beta_sigmoid_recurrent_bwd(
             # beta = sigmoid(beta)
             b_beta_t = tl.sigmoid(b_beta)
             b_kb = b_beta_t * b_k
-            b_beta_d_x0 = tl.sigmoid(b_beta)
-            b_beta_d_beta = (b_beta_d_x0 * (1.0 + (-b_beta_d_x0)))
+            b_beta_dtmp_x0 = tl.sigmoid(b_beta)
+            b_beta_d_beta = (b_beta_dtmp_x0 * (1.0 + (-b_beta_dtmp_x0)))
             b_do = tl.load(do + (i_tok * HV + i_hv) * V + o_v, mask=m_v, other=0).to(tl.float32)
             b_dh += (b_q * scale)[:, None] * b_do[None, :]
             b_p = b_hp * b_decay[:, None]
@@ -263,4 +263,4 @@ KERNELS = {
     "bwd": kda_beta_sigmoid_recurrent_bwd,
     "decode": kda_beta_sigmoid_decode_step,
 }
-# flagen-digest: 1185ccc2d316e278cc2141d05342d7b5f5db07edc67672c7f8c9c98052bc6e8f
+# flagen-digest: 26438e4f96dfafa67a9b06bb36643cda386e375c5c22f12814b476fd794fec27

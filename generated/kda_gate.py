@@ -191,12 +191,12 @@ def kda_gate_recurrent_bwd(
             # gate: g = -exp(A_log)*softplus(dt_bias + g)
             b_gate = tl.where(m_k, (-(tl.exp2(b_A_log * LOG2E) * _softplus((b_dt_bias + b_g)))), 0.0)
             b_decay = tl.exp2(b_gate * LOG2E)
-            b_gate_d_x0 = tl.exp2(b_A_log * LOG2E)
-            b_gate_d_x1 = (b_dt_bias + b_g)
-            b_gate_d_x2 = (-(b_gate_d_x0 * tl.sigmoid(b_gate_d_x1)))
-            b_gate_d_A_log = (-(b_gate_d_x0 * _softplus(b_gate_d_x1)))
-            b_gate_d_dt_bias = b_gate_d_x2
-            b_gate_d_g = b_gate_d_x2
+            b_gate_dtmp_x0 = tl.exp2(b_A_log * LOG2E)
+            b_gate_dtmp_x1 = (b_dt_bias + b_g)
+            b_gate_dtmp_x2 = (-(b_gate_dtmp_x0 * tl.sigmoid(b_gate_dtmp_x1)))
+            b_gate_d_A_log = (-(b_gate_dtmp_x0 * _softplus(b_gate_dtmp_x1)))
+            b_gate_d_dt_bias = b_gate_dtmp_x2
+            b_gate_d_g = b_gate_dtmp_x2
             # beta = beta
             b_beta_t = b_beta
             b_kb = b_beta_t * b_k
@@ -289,4 +289,4 @@ KERNELS = {
     "bwd": kda_gate_recurrent_bwd,
     "decode": kda_gate_decode_step,
 }
-# flagen-digest: 3db3844381a467f365dfeb148ad334117cd1d1723b764160a9908eff9a7adef4
+# flagen-digest: 3133fe6fd448e179155dff4cb05f588cc0e406702bfb4c144f168bc81d25b970

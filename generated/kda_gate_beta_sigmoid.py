@@ -191,17 +191,17 @@ def kda_gate_beta_sigmoid_recurrent_bwd(
             # gate: g = -exp(A_log)*softplus(dt_bias + g)
             b_gate = tl.where(m_k, (-(tl.exp2(b_A_log * LOG2E) * _softplus((b_dt_bias + b_g)))), 0.0)
             b_decay = tl.exp2(b_gate * LOG2E)
-            b_gate_d_x0 = tl.exp2(b_A_log * LOG2E)
-            b_gate_d_x1 = (b_dt_bias + b_g)
-            b_gate_d_x2 = (-(b_gate_d_x0 * tl.sigmoid(b_gate_d_x1)))
-            b_gate_d_A_log = (-(b_gate_d_x0 * _softplus(b_gate_d_x1)))
-            b_gate_d_dt_bias = b_gate_d_x2
-            b_gate_d_g = b_gate_d_x2
+            b_gate_dtmp_x0 = tl.exp2(b_A_log * LOG2E)
+            b_gate_dtmp_x1 = (b_dt_bias + b_g)
+            b_gate_dtmp_x2 = (-(b_gate_dtmp_x0 * tl.sigmoid(b_gate_dtmp_x1)))
+            b_gate_d_A_log = (-(b_gate_dtmp_x0 * _softplus(b_gate_dtmp_x1)))
+            b_gate_d_dt_bias = b_gate_dtmp_x2
+            b_gate_d_g = b_gate_dtmp_x2
             # beta = sigmoid(beta)
             b_beta_t = tl.sigmoid(b_beta)
             b_kb = b_beta_t * b_k
-            b_beta_d_x0 = tl.sigmoid(b_beta)
-            b_beta_d_beta = (b_beta_d_x0 * (1.0 + (-b_beta_d_x0)))
+            b_beta_dtmp_x0 = tl.sigmoid(b_beta)
+            b_beta_d_beta = (b_beta_dtmp_x0 * (1.0 + (-b_beta_dtmp_x0)))
             b_do = tl.load(do + (i_tok * HV + i_hv) * V + o_v, mask=m_v, other=0).to(tl.float32)
             b_dh += (b_q * scale)[:, None] * b_do[None, :]
             b_p = b_hp * b_decay[:, None]
@@ -290,4 +290,4 @@ KERNELS = {
     "bwd": kda_gate_beta_sigmoid_recurrent_bwd,
     "decode": kda_gate_beta_sigmoid_decode_step,
 }
-# flagen-digest: 08aa1c06f61266596975f2229026b43044e9511bf727ab4cf5d7ff2b7d2d5639
+# flagen-digest: 70aac118aac6e285a5b4a6163d9050b5426f33e2c78ef287dc0dc9551cd3460e

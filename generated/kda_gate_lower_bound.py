@@ -187,14 +187,14 @@ def kda_gate_lower_bound_recurrent_bwd(
             # gate: g = lower_bound*sigmoid((dt_bias + g)*exp(A_log))
             b_gate = tl.where(m_k, (b_lower_bound * tl.sigmoid(((b_dt_bias + b_g) * tl.exp2(b_A_log * LOG2E)))), 0.0)
             b_decay = tl.exp2(b_gate * LOG2E)
-            b_gate_d_x0 = tl.exp2(b_A_log * LOG2E)
-            b_gate_d_x1 = (b_gate_d_x0 * (b_dt_bias + b_g))
-            b_gate_d_x2 = tl.sigmoid(b_gate_d_x1)
-            b_gate_d_x3 = (b_gate_d_x2 * b_lower_bound * (1.0 + (-b_gate_d_x2)))
-            b_gate_d_x4 = (b_gate_d_x0 * b_gate_d_x3)
-            b_gate_d_A_log = (b_gate_d_x1 * b_gate_d_x3)
-            b_gate_d_dt_bias = b_gate_d_x4
-            b_gate_d_g = b_gate_d_x4
+            b_gate_dtmp_x0 = tl.exp2(b_A_log * LOG2E)
+            b_gate_dtmp_x1 = (b_gate_dtmp_x0 * (b_dt_bias + b_g))
+            b_gate_dtmp_x2 = tl.sigmoid(b_gate_dtmp_x1)
+            b_gate_dtmp_x3 = (b_gate_dtmp_x2 * b_lower_bound * (1.0 + (-b_gate_dtmp_x2)))
+            b_gate_dtmp_x4 = (b_gate_dtmp_x0 * b_gate_dtmp_x3)
+            b_gate_d_A_log = (b_gate_dtmp_x1 * b_gate_dtmp_x3)
+            b_gate_d_dt_bias = b_gate_dtmp_x4
+            b_gate_d_g = b_gate_dtmp_x4
             # beta = beta
             b_beta_t = b_beta
             b_kb = b_beta_t * b_k
@@ -288,4 +288,4 @@ KERNELS = {
     "bwd": kda_gate_lower_bound_recurrent_bwd,
     "decode": kda_gate_lower_bound_decode_step,
 }
-# flagen-digest: 1b2f612c252a504cb3415887f09b39c7c9ba9058f243b90531f776590ebb7e68
+# flagen-digest: 2aa4a607f47121d8403ce9522735e09aa26055ef3c39390f27114e5f3e1c6ce6

@@ -187,19 +187,19 @@ def kda_gate_lower_bound_beta_sigmoid_recurrent_bwd(
             # gate: g = lower_bound*sigmoid((dt_bias + g)*exp(A_log))
             b_gate = tl.where(m_k, (b_lower_bound * tl.sigmoid(((b_dt_bias + b_g) * tl.exp2(b_A_log * LOG2E)))), 0.0)
             b_decay = tl.exp2(b_gate * LOG2E)
-            b_gate_d_x0 = tl.exp2(b_A_log * LOG2E)
-            b_gate_d_x1 = (b_gate_d_x0 * (b_dt_bias + b_g))
-            b_gate_d_x2 = tl.sigmoid(b_gate_d_x1)
-            b_gate_d_x3 = (b_gate_d_x2 * b_lower_bound * (1.0 + (-b_gate_d_x2)))
-            b_gate_d_x4 = (b_gate_d_x0 * b_gate_d_x3)
-            b_gate_d_A_log = (b_gate_d_x1 * b_gate_d_x3)
-            b_gate_d_dt_bias = b_gate_d_x4
-            b_gate_d_g = b_gate_d_x4
+            b_gate_dtmp_x0 = tl.exp2(b_A_log * LOG2E)
+            b_gate_dtmp_x1 = (b_gate_dtmp_x0 * (b_dt_bias + b_g))
+            b_gate_dtmp_x2 = tl.sigmoid(b_gate_dtmp_x1)
+            b_gate_dtmp_x3 = (b_gate_dtmp_x2 * b_lower_bound * (1.0 + (-b_gate_dtmp_x2)))
+            b_gate_dtmp_x4 = (b_gate_dtmp_x0 * b_gate_dtmp_x3)
+            b_gate_d_A_log = (b_gate_dtmp_x1 * b_gate_dtmp_x3)
+            b_gate_d_dt_bias = b_gate_dtmp_x4
+            b_gate_d_g = b_gate_dtmp_x4
             # beta = sigmoid(beta)
             b_beta_t = tl.sigmoid(b_beta)
             b_kb = b_beta_t * b_k
-            b_beta_d_x0 = tl.sigmoid(b_beta)
-            b_beta_d_beta = (b_beta_d_x0 * (1.0 + (-b_beta_d_x0)))
+            b_beta_dtmp_x0 = tl.sigmoid(b_beta)
+            b_beta_d_beta = (b_beta_dtmp_x0 * (1.0 + (-b_beta_dtmp_x0)))
             b_do = tl.load(do + (i_tok * HV + i_hv) * V + o_v, mask=m_v, other=0).to(tl.float32)
             b_dh += (b_q * scale)[:, None] * b_do[None, :]
             b_p = b_hp * b_decay[:, None]
@@ -289,4 +289,4 @@ KERNELS = {
     "bwd": kda_gate_lower_bound_beta_sigmoid_recurrent_bwd,
     "decode": kda_gate_lower_bound_beta_sigmoid_decode_step,
 }
-# flagen-digest: fe3b24eebd257f39313273351e4b1065b6f7c36841ae261bd573441e3da3920c
+# flagen-digest: fe98627b1e4ab95c52d50841ab14badf99794d0ca01759be7afeb38b012240ca

@@ -196,8 +196,8 @@ def kda_l2norm_beta_2sigmoid_recurrent_bwd(
             # beta = 2*sigmoid(beta)
             b_beta_t = (2.0 * tl.sigmoid(b_beta))
             b_kb = b_beta_t * b_k
-            b_beta_d_x0 = tl.sigmoid(b_beta)
-            b_beta_d_beta = (2.0 * b_beta_d_x0 * (1.0 + (-b_beta_d_x0)))
+            b_beta_dtmp_x0 = tl.sigmoid(b_beta)
+            b_beta_d_beta = (2.0 * b_beta_dtmp_x0 * (1.0 + (-b_beta_dtmp_x0)))
             b_do = tl.load(do + (i_tok * HV + i_hv) * V + o_v, mask=m_v, other=0).to(tl.float32)
             b_dh += (b_q * scale)[:, None] * b_do[None, :]
             b_p = b_hp * b_decay[:, None]
@@ -285,4 +285,4 @@ KERNELS = {
     "bwd": kda_l2norm_beta_2sigmoid_recurrent_bwd,
     "decode": kda_l2norm_beta_2sigmoid_decode_step,
 }
-# flagen-digest: 01907cd685efc357f02380ce873214310503356c6e782930b3b4009b60404dc1
+# flagen-digest: 55db6fb1c08b64905989b43f697c87b107d6cfdc96345b94575852fb335ce466

@@ -196,8 +196,8 @@ def kda_l2norm_beta_sigmoid_recurrent_bwd(
             # beta = sigmoid(beta)
             b_beta_t = tl.sigmoid(b_beta)
             b_kb = b_beta_t * b_k
-            b_beta_d_x0 = tl.sigmoid(b_beta)
-            b_beta_d_beta = (b_beta_d_x0 * (1.0 + (-b_beta_d_x0)))
+            b_beta_dtmp_x0 = tl.sigmoid(b_beta)
+            b_beta_d_beta = (b_beta_dtmp_x0 * (1.0 + (-b_beta_dtmp_x0)))
             b_do = tl.load(do + (i_tok * HV + i_hv) * V + o_v, mask=m_v, other=0).to(tl.float32)
             b_dh += (b_q * scale)[:, None] * b_do[None, :]
             b_p = b_hp * b_decay[:, None]
@@ -285,4 +285,4 @@ KERNELS = {
     "bwd": kda_l2norm_beta_sigmoid_recurrent_bwd,
     "decode": kda_l2norm_beta_sigmoid_decode_step,
 }
-# flagen-digest: 8e112f8c4a0ebbb54aceaad7075c36737b58907cf197ae4b8877c162c0fe7b79
+# flagen-digest: 9f57b3fea914638342161bcdfec11d7bb24ef5f0c4ce049ffe3612109a3e8e38

@@ -207,12 +207,12 @@ def kda_l2norm_gate_recurrent_bwd(
             # gate: g = -exp(A_log)*softplus(dt_bias + g)
             b_gate = tl.where(m_k, (-(tl.exp2(b_A_log * LOG2E) * _softplus((b_dt_bias + b_g)))), 0.0)
             b_decay = tl.exp2(b_gate * LOG2E)
-            b_gate_d_x0 = tl.exp2(b_A_log * LOG2E)
-            b_gate_d_x1 = (b_dt_bias + b_g)
-            b_gate_d_x2 = (-(b_gate_d_x0 * tl.sigmoid(b_gate_d_x1)))
-            b_gate_d_A_log = (-(b_gate_d_x0 * _softplus(b_gate_d_x1)))
-            b_gate_d_dt_bias = b_gate_d_x2
-            b_gate_d_g = b_gate_d_x2
+            b_gate_dtmp_x0 = tl.exp2(b_A_log * LOG2E)
+            b_gate_dtmp_x1 = (b_dt_bias + b_g)
+            b_gate_dtmp_x2 = (-(b_gate_dtmp_x0 * tl.sigmoid(b_gate_dtmp_x1)))
+            b_gate_d_A_log = (-(b_gate_dtmp_x0 * _softplus(b_gate_dtmp_x1)))
+            b_gate_d_dt_bias = b_gate_dtmp_x2
+            b_gate_d_g = b_gate_dtmp_x2
             # beta = beta
             b_beta_t = b_beta
             b_kb = b_beta_t * b_k
@@ -311,4 +311,4 @@ KERNELS = {
     "bwd": kda_l2norm_gate_recurrent_bwd,
     "decode": kda_l2norm_gate_decode_step,
 }
-# flagen-digest: 6ca22b678938918f9dfdc792dac4ad02ab26e99846307c46191c43aea538901f
+# flagen-digest: 4fb4b34478827e15e60846637a55c8382e662875b042f0cd9c6d42c7550fbc3d

@@ -203,14 +203,14 @@ def kda_l2norm_gate_lower_bound_recurrent_bwd(
             # gate: g = lower_bound*sigmoid((dt_bias + g)*exp(A_log))
             b_gate = tl.where(m_k, (b_lower_bound * tl.sigmoid(((b_dt_bias + b_g) * tl.exp2(b_A_log * LOG2E)))), 0.0)
             b_decay = tl.exp2(b_gate * LOG2E)
-            b_gate_d_x0 = tl.exp2(b_A_log * LOG2E)
-            b_gate_d_x1 = (b_gate_d_x0 * (b_dt_bias + b_g))
-            b_gate_d_x2 = tl.sigmoid(b_gate_d_x1)
-            b_gate_d_x3 = (b_gate_d_x2 * b_lower_bound * (1.0 + (-b_gate_d_x2)))
-            b_gate_d_x4 = (b_gate_d_x0 * b_gate_d_x3)
-            b_gate_d_A_log = (b_gate_d_x1 * b_gate_d_x3)
-            b_gate_d_dt_bias = b_gate_d_x4
-            b_gate_d_g = b_gate_d_x4
+            b_gate_dtmp_x0 = tl.exp2(b_A_log * LOG2E)
+            b_gate_dtmp_x1 = (b_gate_dtmp_x0 * (b_dt_bias + b_g))
+            b_gate_dtmp_x2 = tl.sigmoid(b_gate_dtmp_x1)
+            b_gate_dtmp_x3 = (b_gate_dtmp_x2 * b_lower_bound * (1.0 + (-b_gate_dtmp_x2)))
+            b_gate_dtmp_x4 = (b_gate_dtmp_x0 * b_gate_dtmp_x3)
+            b_gate_d_A_log = (b_gate_dtmp_x1 * b_gate_dtmp_x3)
+            b_gate_d_dt_bias = b_gate_dtmp_x4
+            b_gate_d_g = b_gate_dtmp_x4
             # beta = beta
             b_beta_t = b_beta
             b_kb = b_beta_t * b_k
@@ -310,4 +310,4 @@ KERNELS = {
     "bwd": kda_l2norm_gate_lower_bound_recurrent_bwd,
     "decode": kda_l2norm_gate_lower_bound_decode_step,
 }
-# flagen-digest: 481169d5268063acb60ac15637a89b26edeb75677e1d13ac58096b3b2f933a83
+# flagen-digest: 9c407ae72fea86e9491a3c9f73ac9739633fb2a95b77f2a338c80938c193b3e8

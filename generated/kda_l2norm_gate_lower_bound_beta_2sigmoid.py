@@ -203,19 +203,19 @@ def kda_l2norm_gate_lower_bound_beta_2sigmoid_recurrent_bwd(
             # gate: g = lower_bound*sigmoid((dt_bias + g)*exp(A_log))
             b_gate = tl.where(m_k, (b_lower_bound * tl.sigmoid(((b_dt_bias + b_g) * tl.exp2(b_A_log * LOG2E)))), 0.0)
             b_decay = tl.exp2(b_gate * LOG2E)
-            b_gate_d_x0 = tl.exp2(b_A_log * LOG2E)
-            b_gate_d_x1 = (b_gate_d_x0 * (b_dt_bias + b_g))
-            b_gate_d_x2 = tl.sigmoid(b_gate_d_x1)
-            b_gate_d_x3 = (b_gate_d_x2 * b_lower_bound * (1.0 + (-b_gate_d_x2)))
-            b_gate_d_x4 = (b_gate_d_x0 * b_gate_d_x3)
-            b_gate_d_A_log = (b_gate_d_x1 * b_gate_d_x3)
-            b_gate_d_dt_bias = b_gate_d_x4
-            b_gate_d_g = b_gate_d_x4
+            b_gate_dtmp_x0 = tl.exp2(b_A_log * LOG2E)
+            b_gate_dtmp_x1 = (b_gate_dtmp_x0 * (b_dt_bias + b_g))
+            b_gate_dtmp_x2 = tl.sigmoid(b_gate_dtmp_x1)
+            b_gate_dtmp_x3 = (b_gate_dtmp_x2 * b_lower_bound * (1.0 + (-b_gate_dtmp_x2)))
+            b_gate_dtmp_x4 = (b_gate_dtmp_x0 * b_gate_dtmp_x3)
+            b_gate_d_A_log = (b_gate_dtmp_x1 * b_gate_dtmp_x3)
+            b_gate_d_dt_bias = b_gate_dtmp_x4
+            b_gate_d_g = b_gate_dtmp_x4
             # beta = 2*sigmoid(beta)
             b_beta_t = (2.0 * tl.sigmoid(b_beta))
             b_kb = b_beta_t * b_k
-            b_beta_d_x0 = tl.sigmoid(b_beta)
-            b_beta_d_beta = (2.0 * b_beta_d_x0 * (1.0 + (-b_beta_d_x0)))
+            b_beta_dtmp_x0 = tl.sigmoid(b_beta)
+            b_beta_d_beta = (2.0 * b_beta_dtmp_x0 * (1.0 + (-b_beta_dtmp_x0)))
             b_do = tl.load(do + (i_tok * HV + i_hv) * V + o_v, mask=m_v, other=0).to(tl.float32)
             b_dh += (b_q * scale)[:, None] * b_do[None, :]
             b_p = b_hp * b_decay[:, None]
@@ -311,4 +311,4 @@ KERNELS = {
     "bwd": kda_l2norm_gate_lower_bound_beta_2sigmoid_recurrent_bwd,
     "decode": kda_l2norm_gate_lower_bound_beta_2sigmoid_decode_step,
 }
-# flagen-digest: 3fda50dd53cecf57cb6814232567894e3c9f1f495f56ca42df8fe00440319e69
+# flagen-digest: d3807b861f29eff5dea6912635cc0a8c2d68d52f51193b012e44bb9769a1a8be

@@ -365,9 +365,6 @@ def test_decode_checks_inputs_like_a_call(op, step):
         _decode(op, dict(step, foo=step["g"]))
 
 
-@pytest.mark.xfail(strict=True, raises=KeyError, reason="flagen bug: RecurrentOp.decode with [N, 1, ...] "
-                   "inputs looks each input up with self.inputs[n] before the checks run, so an unexpected "
-                   "input name raises a bare KeyError (see the report)")
 def test_decode_with_token_axis_rejects_unexpected_input(op, step):
     a = {n: (x[:, None] if n in ("q", "k", "v", "g", "beta") else x) for n, x in step.items()}
     with pytest.raises(ERR, match="foo"):

@@ -26,6 +26,7 @@ import flagen
 DIGEST_PREFIX = "# flagen-digest: "
 
 _memo: dict[str, ModuleType] = {}
+_fallback: Path | None = None
 _lock = threading.Lock()
 
 
@@ -43,10 +44,12 @@ def cache_dir() -> Path:
         probe.close()
         return path
     except OSError as e:
-        fallback = Path(tempfile.gettempdir()) / f"flagen-cache-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
-        warnings.warn(f"flagen: cache directory {path} is not writable ({e}); using {fallback}", stacklevel=3)
-        fallback.mkdir(parents=True, exist_ok=True)
-        return fallback
+        global _fallback
+        if _fallback is None:
+            # private to this process: nobody else can plant a module in it
+            _fallback = Path(tempfile.mkdtemp(prefix="flagen-cache-"))
+        warnings.warn(f"flagen: cache directory {path} is not writable ({e}); using {_fallback}", stacklevel=3)
+        return _fallback
 
 
 def _triton_version() -> str:

@@ -57,7 +57,7 @@ class _Printer:
             if e.name not in self.names:
                 raise PrintError(f"no kernel variable for symbol {e.name}")
             return self.names[e.name]
-        if e.is_Number:
+        if e.is_Number or e.is_NumberSymbol:
             if not e.is_real or not e.is_finite:
                 raise PrintError(f"cannot print the constant {e}")
             return repr(float(e))
@@ -90,7 +90,7 @@ class _Printer:
             if n == 0:
                 return "1.0"
             x = self(base)
-            pos = "(" + " * ".join([x] * abs(n)) + ")" if abs(n) <= 4 else f"tl.exp2(tl.log2({x}) * {float(abs(n))!r})"
+            pos = "(" + " * ".join([x] * abs(n)) + ")"
             return pos if n > 0 else f"(1.0 / {pos})"
         if exp == sp.Rational(1, 2):
             return f"tl.sqrt({self(base)})"

@@ -60,7 +60,7 @@ def _expression(spec: Recurrence, expr: sp.Expr, prefix: str, vector: bool) -> t
     assign, (value,), helpers = lower([expr], names, prefix)
     wrt = [s for s in sorted(expr.free_symbols, key=lambda s: s.name)
            if s != head_index and spec.input(s.name).shape is not Shape.CONST]
-    dassign, dvalues, dhelpers = lower(derivatives(expr, wrt), names, prefix + "_d")
+    dassign, dvalues, dhelpers = lower(derivatives(expr, wrt), names, prefix + "_dtmp")
     dvars = {}
     for s, text in zip(wrt, dvalues):
         dvars[s.name] = f"{prefix}_d_{s.name}"

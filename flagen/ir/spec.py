@@ -75,7 +75,7 @@ head_index = sp.Symbol("head_index", integer=True, nonnegative=True)
 RESERVED_NAMES = frozenset({
     "q", "k", "v", "o", "h0", "ht", "dht", "dh0", "do", "scale", "cu_seqlens", "T", "NT", "N", "B", "H",
     "HV", "K", "V", "BK", "BV", "NV", "NC", "CKPT", "LOG2E", "state", "state_indices", "ckpt", "ckpt_offsets",
-    "scratch", "bos", "eos", "head_index", "tl", "triton",
+    "scratch", "bos", "eos", "head_index", "tl", "triton", "range", "_softplus", "_logsigmoid", "_tanh",
     # the kernels' own blocks (b_<name>)
     "gate", "decay", "kb", "r", "p", "sa", "dsa", "h", "hp", "dh", "dp", "dq", "dk", "dv", "dw", "dr",
     "dgate", "dbeta_t", "rq", "rk", "vdo", "dq", "part",
@@ -232,10 +232,10 @@ def _validate(spec: Recurrence):
     for fname, enum_type in (("decay", Decay), ("readout", Readout)):
         if not isinstance(getattr(spec, fname), enum_type):
             raise SpecError(f"{spec.name}.{fname}: expected a {enum_type.__name__}, got {getattr(spec, fname)!r}")
-    names = [i.name for i in spec.inputs]
     for i in spec.inputs:
         if not isinstance(i, Input):
             raise SpecError(f"{spec.name}.inputs: expected flagen.ir.Input entries, got {i!r}")
+    names = [i.name for i in spec.inputs]
     dup = {n for n in names if names.count(n) > 1}
     if dup:
         raise SpecError(f"{spec.name}.inputs: duplicate input names {sorted(dup)}")

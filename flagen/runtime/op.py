@@ -215,7 +215,8 @@ class RecurrentOp:
             if q.shape[1] != 1:
                 raise ValueError(f"`q` for decode must have one token, got shape {tuple(q.shape)}")
             q, k, v = q[:, 0], k[:, 0], v[:, 0]
-            inputs = {n: (x[:, 0] if self.inputs[n].startswith("token") else x) for n, x in inputs.items()}
+            inputs = {n: (x[:, 0] if self.inputs.get(n, "").startswith("token") and isinstance(x, torch.Tensor)
+                          else x) for n, x in inputs.items()}
         # reuse the sequence checks with T = 1: [N, 1, ...]
         q4, k4, v4 = q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1)
         in4 = {n: (x.unsqueeze(1) if self.inputs.get(n, "").startswith("token") and isinstance(x, torch.Tensor)
