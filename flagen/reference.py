@@ -29,7 +29,7 @@ def _lambdify(spec: Recurrence, expr: sp.Expr):
     return sp.lambdify(syms, expr, modules=[_TORCH_FUNCS, "math"])
 
 
-def _expand(name, kind, x, T_len, HV, K, dtype, device):
+def _expand(kind, x, dtype):
     """A raw input as a [T, HV, K]-broadcastable tensor for one sequence (or a float)."""
     if kind is Shape.CONST:
         return float(x)
@@ -85,7 +85,7 @@ def run(spec: Recurrence, q, k, v, scale=None, initial_state=None, output_final_
             x = inputs[i.name]
             if i.shape.per_token:
                 x = x[b, sl]
-            args.append(_expand(i.name, i.shape, x, end - start, HV, K, dtype, q.device))
+            args.append(_expand(i.shape, x, dtype))
         named = {i.name: a for i, a in zip(spec.inputs, args)}
         gate = gate_fn(*args, heads) if gate_fn else None
         beta = beta_fn(*args, heads) if beta_fn else None

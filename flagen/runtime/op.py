@@ -45,8 +45,7 @@ class _Recurrent(torch.autograd.Function):
         CKPT = meta["ckpt_interval"]
         ckpt_counts = [triton.cdiv(n, CKPT) for n in lens]
         offsets = torch.tensor([0] + ckpt_counts, dtype=torch.int64).cumsum(0).to(q.device)
-        ckpt = q.new_empty(max(1, sum(ckpt_counts)) if needs_grad else 1, HV, K, V, dtype=torch.float32) \
-            if needs_grad else None
+        ckpt = q.new_empty(max(1, sum(ckpt_counts)), HV, K, V, dtype=torch.float32) if needs_grad else None
         o = torch.empty_like(v)
         ht = q.new_empty(N, HV, K, V, dtype=torch.float32) if meta["output_final_state"] else None
         kern["fwd"][(N * HV, NV)](
