@@ -818,3 +818,19 @@ def test_valid_user_spec_renders_and_compiles(tmp_cache):
     from flagen import reference
     ro, _ = reference.run(spec, q, k, v, g=g, A_log=A_log)
     torch.testing.assert_close(o.cpu().double(), ro, rtol=1e-4, atol=1e-4)
+
+
+def test_fla_option_names_are_builtins():
+    """Every option combination the fla wrappers accept names a built-in variant (the wrappers
+    spell the library's naming rule without importing the IR, so the two must agree)."""
+    import itertools
+
+    from fla.ops._recurrent import beta_option, variant_name
+    for l2, gate, (sig, neg) in itertools.product(
+            (False, True), ("", "_gate"), ((False, False), (True, False), (True, True))):
+        assert variant_name("gated_delta_rule", l2, gate, beta_option(sig, neg)) in BUILTINS
+    for l2, gate, (sig, neg) in itertools.product(
+            (False, True), ("", "_gate", "_gate_lower_bound"), ((False, False), (True, False), (True, True))):
+        assert variant_name("kda", l2, gate, beta_option(sig, neg)) in BUILTINS
+    for l2 in (False, True):
+        assert variant_name("delta_rule", l2) in BUILTINS
