@@ -123,6 +123,20 @@ FAMILIES = ["retention", "linear_attn", "linear_attn_normalized", "simple_gla", 
             "delta_rule", "delta_rule_l2norm", "gated_delta_rule", "gated_delta_rule_gate", "kda", "kda_gate",
             "dplr", "rwkv7"]
 
+# The chunked entry point of each family that has one, and how its keyword arguments differ.
+CHUNK_FAMILIES = ["retention", "linear_attn", "linear_attn_normalized", "simple_gla", "simple_gla_gamma", "gla",
+                  "rwkv6"]
+
+
+def chunked(family: str, fn, kwargs: dict):
+    """(chunk_* function, its kwargs) for a case made by make_case."""
+    name = {"linear_attn_normalized": "linear_attn", "simple_gla_gamma": "simple_gla"}.get(family, family)
+    kwargs = dict(kwargs)
+    if family == "gla":
+        kwargs["g"] = kwargs.pop("gk")
+    return getattr(ops, f"chunk_{name}"), kwargs
+
+
 def reference_inputs(kwargs: dict, ref_map: dict) -> dict:
     """The spec's raw inputs from the fla kwargs: each entry of ``ref_map`` is a kwargs key, a
     function of the kwargs, or a constant."""

@@ -825,7 +825,7 @@ def test_fla_option_names_are_builtins():
     spell the library's naming rule without importing the IR, so the two must agree)."""
     import itertools
 
-    from fla.ops._recurrent import beta_option, variant_name
+    from fla.ops._entry import beta_option, variant_name
     for l2, gate, (sig, neg) in itertools.product(
             (False, True), ("", "_gate"), ((False, False), (True, False), (True, True))):
         assert variant_name("gated_delta_rule", l2, gate, beta_option(sig, neg)) in BUILTINS

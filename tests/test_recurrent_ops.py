@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from flagen import reference
-from recurrent_cases import DEVICE, FAMILIES, STATE_TOL, TOL, Shape, make_case, qkv, reference_inputs, spec_of
+from recurrent_cases import (DEVICE, FAMILIES, STATE_TOL, TOL, Shape, chunked, make_case, qkv, reference_inputs,
+                             spec_of)
 
 # (name, shape, use initial state, cu_seqlens, strong decay)
 CONFIGS = [
@@ -31,8 +32,13 @@ def close(name, ours, ref, tol):
     assert err <= bound, f"{name}: max error {err:.3e} > {bound:.3e}"
 
 
-def run_case(family, shape, use_h0, cu, strong, seed=0, **call):
+def run_case(family, shape, use_h0, cu, strong, seed=0, chunk=False, **call):
+    """Run one fla op (``chunk``: its chunk_* form) with gradients and compare everything with
+    the float64 reference."""
     fn, kwargs, variant, ref_map = make_case(family, shape, strong, seed)
+    ref_inputs = reference_inputs(kwargs, ref_map)  # the same tensors under the spec's names
+    if chunk:
+        fn, kwargs = chunked(family, fn, kwargs)
     spec = spec_of(variant)
     cu_t = torch.tensor(cu, dtype=torch.int32, device=DEVICE) if cu is not None else None
     N = shape.B if cu is None else len(cu) - 1
@@ -57,7 +63,7 @@ def run_case(family, shape, use_h0, cu, strong, seed=0, **call):
     if isinstance(h0, tuple):
         ref_h0 = (h0[0], h0[1].squeeze(1))
     ro, rht = reference.run(spec, q, k, v, scale=1.0 if family == "rwkv7" else None, initial_state=ref_h0,
-                            output_final_state=True, cu_seqlens=cu_t, **reference_inputs(kwargs, ref_map))
+                            output_final_state=True, cu_seqlens=cu_t, **ref_inputs)
     close("o", o, ro, TOL)
     if isinstance(rht, tuple):
         rht = (rht[0], rht[1].unsqueeze(1))

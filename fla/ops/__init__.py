@@ -1,14 +1,20 @@
 """FLA-compatible ops, one module per family."""
 
-from fla.ops.retention import fused_recurrent_retention
-from fla.ops.linear_attn import fused_recurrent_linear_attn
-from fla.ops.simple_gla import fused_recurrent_simple_gla
-from fla.ops.gla import fused_recurrent_gla
-from fla.ops.rwkv6 import fused_recurrent_rwkv6
+from fla.ops.retention import chunk_retention, fused_recurrent_retention
+from fla.ops.linear_attn import chunk_linear_attn, fused_recurrent_linear_attn
+from fla.ops.simple_gla import chunk_simple_gla, fused_recurrent_simple_gla
+from fla.ops.lightning_attn import chunk_lightning_attn
+from fla.ops.gla import chunk_gla, fused_recurrent_gla
+from fla.ops.rwkv6 import chunk_rwkv6, fused_recurrent_rwkv6
 from fla.ops.delta_rule import fused_recurrent_delta_rule
 from fla.ops.gated_delta_rule import fused_recurrent_gated_delta_rule
 from fla.ops.kda import fused_recurrent_kda
 from fla.ops.generalized_delta_rule import fused_recurrent_dplr_delta_rule
 from fla.ops.rwkv7 import fused_recurrent_rwkv7
 
-__all__ = ["fused_recurrent_retention", "fused_recurrent_linear_attn", "fused_recurrent_simple_gla", "fused_recurrent_gla", "fused_recurrent_rwkv6", "fused_recurrent_delta_rule", "fused_recurrent_gated_delta_rule", "fused_recurrent_kda", "fused_recurrent_dplr_delta_rule", "fused_recurrent_rwkv7"]
+__all__ = [
+    "chunk_retention", "chunk_linear_attn", "chunk_simple_gla", "chunk_lightning_attn", "chunk_gla", "chunk_rwkv6",
+    "fused_recurrent_retention", "fused_recurrent_linear_attn", "fused_recurrent_simple_gla", "fused_recurrent_gla",
+    "fused_recurrent_rwkv6", "fused_recurrent_delta_rule", "fused_recurrent_gated_delta_rule", "fused_recurrent_kda",
+    "fused_recurrent_dplr_delta_rule", "fused_recurrent_rwkv7",
+]

@@ -21,6 +21,15 @@ from flagen.ir.spec import Decay, Recurrence, Shape, head_index
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates"
 MODULE_TEMPLATE = "module.py.j2"
 
+# Layouts of the chunked backward's parameter gradients: per K tile partials where a gradient
+# sums over keys, per chunk partials where it sums over tokens (the runtime reduces them).
+_CHUNK_GRAD_LAYOUT = {
+    Shape.TOKEN: "[NK, B*T, HV]",
+    Shape.TOKEN_KEY: "[B*T, HV, K]",
+    Shape.HEAD: "[NK, NC, HV]",
+    Shape.HEAD_KEY: "[NC, HV, K]",
+}
+
 _GRAD_LAYOUT = {
     Shape.TOKEN: "[NV, B, T, HV]",
     Shape.TOKEN_KEY: "[NV, B, T, HV, K]",
@@ -41,9 +50,11 @@ def _environment() -> jinja2.Environment:
 
 @functools.lru_cache(maxsize=1)
 def template_hash() -> str:
-    """Hash of every template's text: part of each module's header and of cache keys."""
+    """Hash of every template's text and of the code that fills them in (this module and the
+    printer): part of each module's header and of cache keys."""
     h = hashlib.sha256()
-    for path in sorted(TEMPLATE_DIR.glob("*.j2")):
+    codegen = Path(__file__).resolve().parent
+    for path in sorted(TEMPLATE_DIR.glob("*.j2")) + [codegen / "render.py", codegen / "printer.py"]:
         h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()[:16]
 
@@ -111,6 +122,13 @@ def context(spec: Recurrence) -> dict:
             spec, i.name, i.shape.per_key, [(gate, "b_dgate"), (beta, "b_dbeta_t")])
         grads.append(dict(row, chain=chain, grad_layout=_GRAD_LAYOUT[i.shape]))
 
+    # The chunked kernels cover the recurrences without the delta rule or a low-rank term.
+    chunked = not spec.delta and not spec.low_rank
+    gate_inputs = {s.name for s in spec.gate.free_symbols} if spec.gate is not None else set()
+    chunk_head_inputs = [row for row in inputs if not row["per_token"]]
+    chunk_grads = [dict(g, dvar=gate["dvars"].get(g["name"]) if gate else None,
+                        chunk_layout=_CHUNK_GRAD_LAYOUT[spec.input(g["name"]).shape]) for g in grads]
+
     templates = ", ".join(sorted(p.name for p in TEMPLATE_DIR.glob("*.j2")))
     return {
         "name": spec.name,
@@ -137,6 +155,12 @@ def context(spec: Recurrence) -> dict:
         "bonus": spec.bonus,
         "qk_l2norm": spec.qk_l2norm,
         "helpers": [HELPERS[h] for h in sorted(helpers)],
+        "chunked": chunked,
+        "gq": "b_gcq" if spec.bonus else "b_gc",
+        "causal": ">" if spec.bonus else ">=",
+        "chunk_head_inputs": chunk_head_inputs,
+        "gate_token_inputs": [row for row in inputs if row["per_token"] and row["name"] in gate_inputs],
+        "chunk_grads": chunk_grads,
     }
 
 

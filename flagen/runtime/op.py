@@ -13,8 +13,10 @@ import torch
 import triton
 
 from flagen.runtime import checks
+from flagen.runtime.chunked import _Chunked
 
 DEFAULT_CHECKPOINT_INTERVAL = 64
+DEFAULT_CHUNK_SIZE = 64
 
 
 def _tiles(K: int, V: int, budget: int) -> tuple[int, int, int]:
@@ -110,6 +112,10 @@ class _Recurrent(torch.autograd.Function):
         return (None, None, dq, dk, dv, dh0, *raw_grads)
 
 
+def _l2norm(x):
+    return x * torch.rsqrt((x.float() * x.float()).sum(-1, keepdim=True) + 1e-6).to(x.dtype)
+
+
 class RecurrentOp:
     """The op of one generated module: ``op(q, k, v, scale=None, initial_state=None,
     output_final_state=False, cu_seqlens=None, reverse=False, **inputs) -> (o, final_state)``.
@@ -177,6 +183,24 @@ class RecurrentOp:
     # --- calls -----------------------------------------------------------------------------
     def __call__(self, q, k, v, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None,
                  reverse=False, checkpoint_interval=DEFAULT_CHECKPOINT_INTERVAL, **inputs):
+        """Token by token (the fused recurrent kernels): decoding-friendly, any length."""
+        return self._run(_Recurrent, dict(ckpt_interval=int(checkpoint_interval)), q, k, v, scale, initial_state,
+                         output_final_state, cu_seqlens, reverse, inputs)
+
+    def chunk(self, q, k, v, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None,
+              reverse=False, chunk_size=DEFAULT_CHUNK_SIZE, **inputs):
+        """Chunk by chunk (the chunked kernels): for training and prefill. Same arguments and
+        results as calling the op; ``chunk_size`` is 16, 32, 64 (default) or 128 tokens."""
+        if not self.module.CHUNKED:
+            raise NotImplementedError(f"{self.name}: no chunked kernels yet for recurrences with the delta rule "
+                                      "or a low-rank transition; call the op (fused recurrent) instead")
+        if chunk_size not in (16, 32, 64, 128):
+            raise ValueError(f"`chunk_size` must be 16, 32, 64 or 128, got {chunk_size!r}")
+        return self._run(_Chunked, dict(chunk_size=int(chunk_size)), q, k, v, scale, initial_state,
+                         output_final_state, cu_seqlens, reverse, inputs)
+
+    def _run(self, function, options, q, k, v, scale, initial_state, output_final_state, cu_seqlens, reverse,
+             inputs):
         N, seq_lens = self._check(q, k, v, inputs, initial_state, cu_seqlens)
         scale = checks.scale_value(scale, q.shape[-1])
         z0 = None
@@ -188,16 +212,19 @@ class RecurrentOp:
             flip = _Flip(seq_lens, cu_seqlens is not None, q.shape[1], q.device)
             q, k, v = flip(q), flip(k), flip(v)
             inputs = {n: flip(x) if self.inputs[n].startswith("token") else x for n, x in inputs.items()}
+        if function is _Chunked and self.module.QK_L2NORM:
+            # the chunked kernels take q and k as they are: normalise them here (autograd chains)
+            q, k = _l2norm(q), _l2norm(k)
         raw = [inputs[n] for n, kind in self.module.INPUTS if kind != "const"]
         consts = {n: float(inputs[n]) for n, kind in self.module.INPUTS if kind == "const"}
         tensors = (q, k, v, initial_state, *raw)
         needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
         meta = dict(N=N, lens=seq_lens, cu=cu_seqlens, scale=scale, consts=consts, needs_grad=needs_grad,
-                    output_final_state=bool(output_final_state), ckpt_interval=int(checkpoint_interval))
+                    output_final_state=bool(output_final_state), **options)
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         h0 = initial_state.contiguous() if initial_state is not None else None
         raw = [x.contiguous() for x in raw]
-        o, ht = _Recurrent.apply(self, meta, q, k, v, h0, *raw)
+        o, ht = function.apply(self, meta, q, k, v, h0, *raw)
         if self.module.NORMALIZE:
             o, z = _normalize(o, q, k, scale, z0, seq_lens, cu_seqlens is not None)
             ht = (ht, z) if output_final_state else None

@@ -1,4 +1,4 @@
-from fla.ops._recurrent import fused_recurrent, ones_like_heads, variant_name
+from fla.ops._entry import fused_recurrent, ones_like_heads, variant_name
 
 
 def fused_recurrent_delta_rule(q, k, v, beta=None, scale=None, initial_state=None, output_final_state=False,

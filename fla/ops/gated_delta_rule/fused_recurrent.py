@@ -1,4 +1,4 @@
-from fla.ops._recurrent import beta_option, fused_recurrent, ones_like_heads, unsupported, variant_name
+from fla.ops._entry import beta_option, fused_recurrent, ones_like_heads, unsupported, variant_name
 
 
 def fused_recurrent_gated_delta_rule(q, k, v, g=None, gk=None, gv=None, beta=None, scale=None, initial_state=None,

@@ -1,4 +1,4 @@
-from fla.ops._recurrent import fused_recurrent, unsupported
+from fla.ops._entry import fused_recurrent, unsupported
 
 
 def fused_recurrent_gla(q, k, v, gk=None, gv=None, scale=None, initial_state=None, output_final_state=False,

@@ -1,6 +1,6 @@
 import torch
 
-from fla.ops._recurrent import beta_option, fused_recurrent, variant_name
+from fla.ops._entry import beta_option, fused_recurrent, variant_name
 
 
 def fused_recurrent_kda(q, k, v, g, beta, A_log=None, dt_bias=None, scale=None, initial_state=None,

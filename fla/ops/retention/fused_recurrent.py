@@ -1,4 +1,4 @@
-from fla.ops._recurrent import fused_recurrent
+from fla.ops._entry import fused_recurrent
 
 
 def fused_recurrent_retention(q, k, v, scale=None, initial_state=None, output_final_state=False, reverse=False,

@@ -1,4 +1,4 @@
-from fla.ops._recurrent import fused_recurrent
+from fla.ops._entry import fused_recurrent
 
 
 def fused_recurrent_rwkv6(r, k, v, w, u, scale=None, initial_state=None, output_final_state=False, reverse=False,

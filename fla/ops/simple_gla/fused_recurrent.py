@@ -1,4 +1,4 @@
-from fla.ops._recurrent import fused_recurrent
+from fla.ops._entry import fused_recurrent
 
 
 def fused_recurrent_simple_gla(q, k, v, g=None, g_gamma=None, scale=None, initial_state=None,

@@ -1,11 +1,11 @@
-"""What every `fused_recurrent_*` entry point shares: FLA's argument conventions mapped onto
-a generated op (state layout, optional inputs, variable-length checks)."""
+"""What every `fused_recurrent_*` and `chunk_*` entry point shares: FLA's argument conventions
+mapped onto a generated op (state layout, optional inputs, variable-length checks)."""
 
 from __future__ import annotations
 
 import torch
 
-from flagen.runtime.op import get_op
+from flagen.runtime.op import DEFAULT_CHUNK_SIZE, get_op
 
 
 def fused_recurrent(variant: str, q, k, v, inputs: dict, scale=None, initial_state=None,
@@ -16,6 +16,20 @@ def fused_recurrent(variant: str, q, k, v, inputs: dict, scale=None, initial_sta
     o, final_state = get_op(variant)(
         q, k, v, scale=scale, initial_state=initial_state, output_final_state=output_final_state,
         cu_seqlens=cu_seqlens, reverse=reverse, **inputs,
+    )
+    if state_v_first and final_state is not None:
+        final_state = final_state.transpose(-1, -2).contiguous()
+    return o, final_state
+
+
+def chunk(variant: str, q, k, v, inputs: dict, scale=None, initial_state=None, output_final_state=False,
+          cu_seqlens=None, state_v_first=False, chunk_size=None):
+    """Run built-in ``variant`` through its chunked kernels (training and prefill)."""
+    if state_v_first and initial_state is not None:
+        initial_state = initial_state.transpose(-1, -2)
+    o, final_state = get_op(variant).chunk(
+        q, k, v, scale=scale, initial_state=initial_state, output_final_state=output_final_state,
+        cu_seqlens=cu_seqlens, chunk_size=chunk_size or DEFAULT_CHUNK_SIZE, **inputs,
     )
     if state_v_first and final_state is not None:
         final_state = final_state.transpose(-1, -2).contiguous()

@@ -1,0 +1,149 @@
+"""Time the chunked ops of one implementation, in a process of its own.
+
+    python benchmarks/bench_chunk.py --impl flagen --out flagen.json
+    python benchmarks/bench_chunk.py --impl fla --fla-path /tmp/fla060 --out fla.json
+    python benchmarks/bench_chunk.py --impl sdpa --out sdpa.json
+
+``flagen`` and ``fla`` run the same calls (``fla.ops.<family>.chunk_<family>``): ours is this
+repository's ``fla``, upstream is flash-linear-attention 0.6.0 unpacked at ``--fla-path``
+(both packages are named ``fla``, hence one process each). bf16 inputs, CUDA events through
+``triton.testing.do_bench`` (median of repeats). ``first_call_s`` is the wall time of the
+first forward+backward in the process: compilation (and upstream's autotuning) included.
+benchmarks/run_chunk_bench.sh runs all three and writes the comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+SHAPES = [(4, 2048, 16, 128), (2, 16384, 16, 128)]  # B, T, H, D
+OPS = ["chunk_retention", "chunk_simple_gla", "chunk_gla", "chunk_linear_attn", "chunk_lightning_attn",
+       "chunk_rwkv6"]
+
+
+def make_inputs(name, B, T, H, D, torch, F):
+    dev, dt = "cuda", torch.bfloat16
+    gen = torch.Generator(device=dev).manual_seed(0)
+
+    def rnd(*s):
+        return torch.randn(*s, device=dev, dtype=dt, generator=gen)
+
+    q, k, v = rnd(B, T, H, D), rnd(B, T, H, D), rnd(B, T, H, D)
+    grads = [q, k, v]
+    kw = {}
+    if name == "chunk_simple_gla":
+        kw["g"] = F.logsigmoid(torch.randn(B, T, H, device=dev, generator=gen)) / 16
+        grads.append(kw["g"])
+    elif name == "chunk_gla":
+        kw["g"] = (F.logsigmoid(torch.randn(B, T, H, D, device=dev, generator=gen)) / 16).to(dt)
+        grads.append(kw["g"])
+    elif name == "chunk_rwkv6":
+        kw["w"] = (F.logsigmoid(torch.randn(B, T, H, D, device=dev, generator=gen)) / 16).to(dt)
+        kw["u"] = torch.randn(H, D, device=dev, generator=gen).to(dt)
+        grads += [kw["w"], kw["u"]]
+    elif name == "chunk_linear_attn":
+        kw["normalize"] = False
+    elif name == "chunk_lightning_attn":
+        kw.update(layer_idx=0, num_layers=4)
+    for x in grads:
+        x.requires_grad_(True)
+    args = dict(r=q, k=k, v=v) if name == "chunk_rwkv6" else dict(q=q, k=k, v=v)
+    return args, kw, grads
+
+
+def bench_fla(args, torch, F, bench):
+    import importlib
+    results = []
+    for name in args.ops.split(","):
+        family = name[len("chunk_"):]
+        try:
+            fn = getattr(importlib.import_module(f"fla.ops.{family}"), name)
+        except Exception as e:  # noqa: BLE001 - report what is missing and go on
+            results.append(dict(op=name, error=f"import: {e!r}"))
+            continue
+        for B, T, H, D in SHAPES:
+            row = dict(op=name, shape=f"B{B}_T{T}_H{H}_D{D}")
+            try:
+                a, kw, grads = make_inputs(name, B, T, H, D, torch, F)
+                do = torch.randn_like(a["v"])
+
+                def fwd():
+                    return fn(**a, **kw)[0]
+
+                def fwd_bwd():
+                    fn(**a, **kw)[0].backward(do)
+
+                t0 = time.perf_counter()
+                try:
+                    fwd_bwd()
+                    torch.cuda.synchronize()
+                    row["first_call_s"] = round(time.perf_counter() - t0, 2)
+                    row["fwd_bwd_ms"] = bench(fwd_bwd, grad_to_none=grads)
+                except Exception as e:  # noqa: BLE001 - upstream refuses some backwards on Hopper
+                    row["fwd_bwd_error"] = f"{type(e).__name__}: {str(e)[:200]}"
+                with torch.no_grad():
+                    row["fwd_ms"] = bench(fwd)
+            except Exception as e:  # noqa: BLE001
+                row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+            print(json.dumps(row), flush=True)
+            results.append(row)
+            torch.cuda.empty_cache()
+    return results
+
+
+def bench_sdpa(torch, F, bench):
+    results = []
+    for B, T, H, D in SHAPES:
+        q, k, v = (torch.randn(B, H, T, D, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+        do = torch.randn_like(q)
+
+        def fwd():
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+        def fwd_bwd():
+            fwd().backward(do)
+
+        row = dict(op="sdpa_causal", shape=f"B{B}_T{T}_H{H}_D{D}")
+        with torch.no_grad():
+            row["fwd_ms"] = bench(fwd)
+        row["fwd_bwd_ms"] = bench(fwd_bwd, grad_to_none=[q, k, v])
+        print(json.dumps(row), flush=True)
+        results.append(row)
+    return results
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--impl", choices=["flagen", "fla", "sdpa"], required=True)
+    p.add_argument("--fla-path", help="directory holding upstream's unpacked `fla` package")
+    p.add_argument("--out", required=True)
+    p.add_argument("--ops", default=",".join(OPS), help="comma-separated subset of " + ",".join(OPS))
+    args = p.parse_args()
+    if args.impl == "fla":
+        sys.path.insert(0, args.fla_path)
+    import torch
+    import torch.nn.functional as F
+    import triton
+    from triton.testing import do_bench
+
+    def bench(fn, grad_to_none=None):
+        return round(do_bench(fn, warmup=50, rep=300, grad_to_none=grad_to_none), 4)
+
+    env = dict(impl=args.impl, device=torch.cuda.get_device_name(), torch=torch.__version__,
+               triton=triton.__version__)
+    if args.impl != "sdpa":
+        import fla
+        env["fla_file"] = fla.__file__
+        env["fla_version"] = getattr(fla, "__version__", "?")
+        results = bench_fla(args, torch, F, bench)
+    else:
+        results = bench_sdpa(torch, F, bench)
+    with open(args.out, "w") as f:
+        json.dump(dict(env=env, results=results), f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,193 @@
+"""Calling a generated module's chunked kernels: layout of chunks, tiles, launches, autograd.
+
+Forward: ``chunk_fwd_h`` (the state at every chunk start, one program per sequence and
+state tile walking its chunks), then ``chunk_fwd_o`` (every chunk's output in parallel).
+Backward: ``chunk_fwd_h`` again (states are recomputed, not stored), ``chunk_bwd_dh`` (the
+state gradients, walking backwards), ``chunk_bwd_dv`` and ``chunk_bwd_dqk`` (in parallel
+over chunks; the latter also gives every gate and parameter gradient).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+# Tiles and warps per kernel, as (BK cap, BV cap, num_warps); head dims round up to powers
+# of two below the caps. (Per-GPU tuning belongs to the autotuning issue; the kernels take
+# any power of two >= 16.) FLAGEN_CHUNK_TILES="dqk=128,64,8;o=64,64,4" overrides entries.
+TILES = {
+    "h": (64, 64, 4),      # chunk_fwd_h, chunk_bwd_dh: a [BK, BV] state tile per program
+    "o": (128, 64, 4),     # chunk_fwd_o: loops over K, a V tile per program
+    "dv": (128, 64, 4),    # chunk_bwd_dv: loops over K, a V tile per program
+    "dqk": (64, 64, 8),    # chunk_bwd_dqk: loops over V (twice), a K tile per program
+}
+for _entry in filter(None, os.environ.get("FLAGEN_CHUNK_TILES", "").split(";")):
+    _kind, _values = _entry.split("=")
+    TILES[_kind.strip()] = tuple(int(x) for x in _values.split(","))
+SUB_CHUNK = 16  # BC: rows per sub-chunk on the per-key decay path (bounds every exponent)
+
+
+def _tile(n: int, cap: int) -> int:
+    return max(16, min(cap, triton.next_power_of_2(n)))
+
+
+def tiles(kind: str, K: int, V: int) -> tuple[int, int, int]:
+    """(BK, BV, num_warps) of kernel ``kind`` for head dims K, V."""
+    bk, bv, warps = TILES[kind]
+    return _tile(K, bk), _tile(V, bv), warps
+
+
+def dot_dtype(dtype: torch.dtype):
+    """Matmul operands and stored chunk states: bf16 for bf16 inputs; fp32 otherwise (fp16
+    cannot hold a state or a sub-chunk's worth of decay)."""
+    return (tl.bfloat16, torch.bfloat16) if dtype == torch.bfloat16 else (tl.float32, torch.float32)
+
+
+@dataclass
+class Chunks:
+    """Where every chunk lives. Fixed length: chunk i_t of sequence n is slot n * NT + i_t and
+    the grid is (NT, B * HV). Packed varlen: slots run over the sequences' chunks in order,
+    ``indices`` [NC, 2] gives (sequence, chunk in sequence) per slot, ``offsets`` [N + 1]
+    each sequence's first slot, and the grid is (NC, HV)."""
+
+    NC: int
+    grid: tuple[int, int]
+    indices: torch.Tensor | None
+    offsets: torch.Tensor | None
+
+    @staticmethod
+    def of(lens: list[int], varlen: bool, B: int, T: int, HV: int, BT: int, device) -> "Chunks":
+        if not varlen:
+            NT = triton.cdiv(T, BT)
+            return Chunks(B * NT, (NT, B * HV), None, None)
+        counts = torch.tensor([triton.cdiv(n, BT) for n in lens], dtype=torch.int64)
+        offsets = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+        NC = int(offsets[-1])
+        seq = torch.repeat_interleave(torch.arange(len(lens)), counts)
+        within = torch.arange(NC) - offsets[:-1].repeat_interleave(counts)
+        indices = torch.stack([seq, within], 1).to(torch.int32)
+        return Chunks(NC, (NC, HV), indices.to(device, non_blocking=True),
+                      offsets.to(torch.int32).to(device, non_blocking=True))
+
+
+def _sub_chunk(op) -> dict:
+    return {"BC": SUB_CHUNK} if op.module.DECAY == "key" else {}
+
+
+def _states(op, meta, q, k, v, h0, inputs, chunks, BT, DT, hdtype, store_ht):
+    """Run chunk_fwd_h: the states at every chunk start (and the final state)."""
+    B, T, H, K = q.shape
+    HV, V = v.shape[2], v.shape[3]
+    N = meta["N"]
+    BK, BV, W = tiles("h", K, V)
+    h = q.new_empty(chunks.NC, HV, K, V, dtype=hdtype)
+    ht = q.new_empty(N, HV, K, V, dtype=torch.float32) if store_ht else None
+    op.module.KERNELS["chunk_fwd_h"][(triton.cdiv(K, BK) * triton.cdiv(V, BV), N * HV)](
+        k, v, *inputs, h, h0, ht, meta["cu"], chunks.offsets, T,
+        H=H, HV=HV, K=K, V=V, BT=BT, BK=BK, BV=BV, DT=DT,
+        USE_H0=h0 is not None, STORE_HT=store_ht, IS_VARLEN=meta["cu"] is not None, num_warps=W,
+    )
+    return h, ht
+
+
+class _Chunked(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, op, meta, q, k, v, h0, *raw):
+        kern = op.module.KERNELS
+        B, T, H, K = q.shape
+        HV, V = v.shape[2], v.shape[3]
+        BT = meta["chunk_size"]
+        DT, hdtype = dot_dtype(q.dtype)
+        chunks = Chunks.of(meta["lens"], meta["cu"] is not None, B, T, HV, BT, q.device)
+        inputs = op.kernel_inputs(raw, meta)
+        h, ht = _states(op, meta, q, k, v, h0, inputs, chunks, BT, DT, hdtype, meta["output_final_state"])
+        o = torch.empty_like(v)
+        if chunks.NC:
+            BK, BV, W = tiles("o", K, V)
+            kern["chunk_fwd_o"][(*chunks.grid, triton.cdiv(V, BV))](
+                q, k, v, *inputs, h, o, meta["cu"], chunks.indices, meta["scale"], T,
+                H=H, HV=HV, K=K, V=V, BT=BT, BK=BK, BV=BV, DT=DT, IS_VARLEN=meta["cu"] is not None,
+                num_warps=W, **_sub_chunk(op),
+            )
+        if meta["needs_grad"]:
+            ctx.save_for_backward(q, k, v, h0, *raw)
+            ctx.op, ctx.meta, ctx.chunks = op, meta, chunks
+        return o, ht
+
+    @staticmethod
+    def backward(ctx, do, dht):
+        op, meta, chunks = ctx.op, ctx.meta, ctx.chunks
+        kern = op.module.KERNELS
+        q, k, v, h0, *raw = ctx.saved_tensors
+        B, T, H, K = q.shape
+        HV, V = v.shape[2], v.shape[3]
+        N, NT, NC, G = meta["N"], B * T, chunks.NC, HV // H
+        BT = meta["chunk_size"]
+        DT, hdtype = dot_dtype(q.dtype)
+        cu, varlen = meta["cu"], meta["cu"] is not None
+        inputs = op.kernel_inputs(raw, meta)
+        do = do.contiguous()
+        f32 = dict(dtype=torch.float32, device=q.device)
+
+        h, _ = _states(op, meta, q, k, v, h0, inputs, chunks, BT, DT, hdtype, False)
+        dh = torch.empty_like(h)
+        dh0 = torch.empty(N, HV, K, V, **f32) if h0 is not None else None
+        BK, BV, W = tiles("h", K, V)
+        kern["chunk_bwd_dh"][(triton.cdiv(K, BK) * triton.cdiv(V, BV), N * HV)](
+            q, do, *inputs, dh, dht.contiguous() if dht is not None else None, dh0, cu, chunks.offsets,
+            meta["scale"], T,
+            H=H, HV=HV, K=K, V=V, BT=BT, BK=BK, BV=BV, DT=DT,
+            USE_DHT=dht is not None, STORE_DH0=dh0 is not None, IS_VARLEN=varlen, num_warps=W,
+        )
+
+        dv = torch.empty_like(v)
+        # with grouped value heads, dq and dk are per state head first, then summed per group
+        dq = torch.empty(NT, HV, K, dtype=q.dtype if G == 1 else torch.float32, device=q.device)
+        dk = torch.empty_like(dq)
+        BKq, BVq, Wq = tiles("dqk", K, V)
+        NK = triton.cdiv(K, BKq)
+        kinds = dict(op.module.INPUTS)
+        layout = {"token": (NK, NT, HV), "token_key": (NT, HV, K), "head": (NK, NC, HV), "head_key": (NC, HV, K)}
+        grads = {name: torch.empty(layout[kinds[name]], **f32) for name in op.module.GRADS}
+        if NC:
+            BKv, BVv, Wv = tiles("dv", K, V)
+            kern["chunk_bwd_dv"][(*chunks.grid, triton.cdiv(V, BVv))](
+                q, k, *inputs, do, dh, dv, cu, chunks.indices, meta["scale"], T,
+                H=H, HV=HV, K=K, V=V, BT=BT, BK=BKv, BV=BVv, DT=DT, IS_VARLEN=varlen, num_warps=Wv,
+                **_sub_chunk(op),
+            )
+            kern["chunk_bwd_dqk"][(*chunks.grid, NK)](
+                q, k, v, *inputs, h, do, dh, dq, dk, *grads.values(), cu, chunks.indices, meta["scale"], T, NT, NC,
+                H=H, HV=HV, K=K, V=V, BT=BT, BK=BKq, BV=BVq, DT=DT, IS_VARLEN=varlen, num_warps=Wq,
+                **_sub_chunk(op),
+            )
+        else:  # no tokens at all
+            dv.zero_(), dq.zero_(), dk.zero_()
+            for g in grads.values():
+                g.zero_()
+        dq = dq.view(B, T, H, G, K).sum(3).to(q.dtype) if G > 1 else dq.view(B, T, H, K)
+        dk = dk.view(B, T, H, G, K).sum(3).to(k.dtype) if G > 1 else dk.view(B, T, H, K)
+
+        raw_grads = []
+        tensors = iter(raw)
+        for name, kind in op.module.INPUTS:
+            if kind == "const":
+                continue
+            x = next(tensors)
+            g = grads.get(name)
+            if g is None:
+                raw_grads.append(None)
+            elif kind == "token":
+                raw_grads.append(g.sum(0).view(x.shape).to(x.dtype))
+            elif kind == "token_key":
+                raw_grads.append(g.view(x.shape).to(x.dtype))
+            elif kind == "head":
+                raw_grads.append(g.sum((0, 1)).view(x.shape).to(x.dtype))
+            else:
+                raw_grads.append(g.sum(0).view(x.shape).to(x.dtype))
+        dh0 = dh0.to(h0.dtype) if dh0 is not None else None
+        return (None, None, dq, dk, dv, dh0, *raw_grads)

@@ -1,0 +1,70 @@
+"""GPU-only cases of the chunked ops (skipped in the interpreter): a long sequence
+(T = 16384) forward and backward against the float64 reference, and a forward whose q/k/v
+have more than 2^31 elements (64-bit addressing), checked window by window."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from flagen import reference
+from flagen.ir.library import BUILTINS
+from flagen.runtime.op import get_op
+from recurrent_cases import DEVICE, STATE_TOL, TOL
+from test_recurrent_ops import close
+
+pytestmark = pytest.mark.skipif(DEVICE != "cuda", reason="GPU-only sizes")
+
+
+def _inputs(spec, B, T, HV, K, gen, lo, hi):
+    """Per-token log gates uniform in [lo, hi]; other inputs standard normal."""
+    shapes = {"token": (B, T, HV), "token_key": (B, T, HV, K), "head": (HV,), "head_key": (HV, K)}
+    out = {}
+    for i in spec.inputs:
+        x = torch.rand(shapes[i.shape.value], generator=gen, device="cuda")
+        out[i.name] = (lo + (hi - lo) * x) if i.shape.per_token or i.name == "g_gamma" else x * 2 - 1
+    return out
+
+
+@pytest.mark.parametrize("variant", ["simple_gla", "gla", "retention", "rwkv6"])
+def test_long_sequence_fwd_bwd(variant):
+    spec = BUILTINS[variant]
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    B, T, H, K, V = 1, 16384, 1, 32, 32
+    q, k, v = (torch.randn(B, T, H, K, generator=gen, device="cuda").bfloat16() for _ in range(3))
+    inputs = _inputs(spec, B, T, H, K, gen, -0.2, -0.001)
+    h0 = torch.randn(B, H, K, V, generator=gen, device="cuda")
+    leaves = [q, k, v, h0, *inputs.values()]
+    for x in leaves:
+        x.requires_grad_(True)
+    o, ht = get_op(variant).chunk(q, k, v, initial_state=h0, output_final_state=True, **inputs)
+    ro, rht = reference.run(spec, q, k, v, initial_state=h0, output_final_state=True, **inputs)
+    close("o", o, ro, TOL)
+    close("final_state", ht, rht, STATE_TOL)
+    do = torch.randn(o.shape, generator=gen, device="cuda", dtype=torch.float64)
+    ours = torch.autograd.grad((o.double() * do).sum(), leaves)
+    theirs = torch.autograd.grad((ro * do).sum(), leaves)
+    for name, a, b in zip(["q", "k", "v", "h0", *inputs], ours, theirs):
+        close(f"d{name}", a, b, TOL)
+
+
+def test_forward_past_2_31_elements():
+    """q, k, v [1, 2^21 + 320, 8, 128] bf16: 2.15e9 elements each. Decays of at least 0.25
+    per token make each output depend only on the last few hundred tokens, so 320-token
+    windows (at the start, across element 2^31 and at the end) have exact references."""
+    spec = BUILTINS["simple_gla"]
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    B, H, K = 1, 8, 128
+    T = 2 ** 21 + 320
+    assert B * T * H * K > 2 ** 31
+    q, k, v = (torch.randn(B, T, H, K, generator=gen, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    g = -0.25 - 0.75 * torch.rand(B, T, H, generator=gen, device="cuda")
+    with torch.no_grad():
+        o, ht = get_op("simple_gla").chunk(q, k, v, g=g, output_final_state=True)
+    crossing = 2 ** 31 // (H * K)  # the first token whose elements lie past 2^31
+    for end in (320, crossing + 160, T):
+        sl = slice(end - 320, end)
+        ro, rht = reference.run(spec, q[:, sl], k[:, sl], v[:, sl], g=g[:, sl], output_final_state=True)
+        close(f"o[{end - 64}:{end}]", o[:, end - 64:end], ro[:, -64:], TOL)
+        if end == T:
+            close("final_state", ht, rht, STATE_TOL)

@@ -1,0 +1,239 @@
+"""The chunked ops (fla.ops chunk_*) against the float64 reference and against the recurrent
+kernels: output, final state and every gradient, with the tolerances of
+tests/recurrent_cases.py. Also: every chunk size, causality (to the bit), continuation,
+sequences that end mid-chunk, decays of -5 per token, and Mamba2's SSD against a direct
+Mamba2 computation.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fla.ops as ops
+from flagen import reference
+from flagen.ir.library import BUILTINS
+from flagen.runtime.op import get_op
+from recurrent_cases import CHUNK_FAMILIES, DEVICE, DTYPE, STATE_TOL, TOL, Shape, chunked, make_case, qkv
+from test_recurrent_ops import CONFIGS, close, run_case
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c[0] for c in CONFIGS])
+@pytest.mark.parametrize("family", CHUNK_FAMILIES)
+def test_against_reference(family, config):
+    _, shape, use_h0, cu, strong = config
+    run_case(family, shape, use_h0, cu, strong, chunk=True)
+
+
+@pytest.mark.parametrize("chunk_size", [16, 32, 128])
+@pytest.mark.parametrize("family", ["simple_gla", "gla", "rwkv6"])
+def test_chunk_sizes(family, chunk_size):
+    """Several chunks per sequence, a last chunk that ends mid-way, varlen with an empty sequence."""
+    run_case(family, Shape(B=1, T=150, H=1, HV=1, K=20, V=24), True, [0, 61, 61, 150], True, chunk=True,
+             chunk_size=chunk_size)
+
+
+@pytest.mark.parametrize("family", CHUNK_FAMILIES)
+def test_chunked_equals_recurrent(family):
+    """The chunked and token-by-token kernels agree on the same inputs, gradients included."""
+    fn, kwargs, _, _ = make_case(family, Shape(B=2, T=70, H=1, HV=2, K=24, V=40), strong=True)
+    cfn, ckwargs = chunked(family, fn, kwargs)
+    leaves = [x for x in kwargs.values() if torch.is_tensor(x) and x.is_floating_point()]
+    for x in leaves:
+        x.requires_grad_(True)
+    o, ht = fn(**kwargs, output_final_state=True)
+    co, cht = cfn(**ckwargs, output_final_state=True, chunk_size=32)
+    close("o", co, o.float(), TOL)
+    S, cS = (ht[0], cht[0]) if isinstance(ht, tuple) else (ht, cht)
+    close("final_state", cS, S, STATE_TOL)
+    do = torch.randn_like(o)
+    for name, a, b in zip(range(len(leaves)), torch.autograd.grad((co * do).sum(), leaves),
+                          torch.autograd.grad((o * do).sum(), leaves)):
+        close(f"grad {name}", a, b.float(), TOL)
+
+
+@pytest.mark.parametrize("family", ["simple_gla", "gla", "rwkv6", "retention"])
+@pytest.mark.parametrize("t", [5, 21])
+def test_causality(family, t):
+    """Changing inputs at positions >= t (gates included) changes neither the outputs before t
+    nor, to the bit, any gradient of a loss on those outputs (FLA issue 1240)."""
+    fn, kwargs, _, _ = make_case(family, Shape(B=1, T=40, H=1, HV=1, K=16, V=16), strong=True)
+    fn, kwargs = chunked(family, fn, kwargs)
+
+    def run(kw):
+        leaves = {n: x.detach().clone().requires_grad_(True) for n, x in kw.items()
+                  if torch.is_tensor(x) and x.is_floating_point()}
+        o = fn(**{**kw, **leaves}, chunk_size=16)[0]
+        w = torch.randn(o.shape, generator=torch.Generator().manual_seed(3)).to(o.device, o.dtype)
+        grads = torch.autograd.grad((o[:, :t] * w[:, :t]).sum(), list(leaves.values()))
+        return o, dict(zip(leaves, grads))
+
+    o, grads = run(kwargs)
+    changed = {n: x.clone() if torch.is_tensor(x) else x for n, x in kwargs.items()}
+    for x in changed.values():
+        if torch.is_tensor(x) and x.dim() >= 3 and x.shape[1] == 40:
+            x[:, t:] = x[:, t:] * 0.5 - 0.3
+    o2, grads2 = run(changed)
+    assert torch.equal(o[:, :t], o2[:, :t])
+    assert not torch.equal(o[:, t:], o2[:, t:])
+    for n in grads:
+        a, b = grads[n], grads2[n]
+        if a.dim() >= 3 and a.shape[1] == 40:
+            assert torch.equal(a[:, :t], b[:, :t]), f"d{n} before t changed"
+            assert not a[:, t:].any() and not b[:, t:].any(), f"d{n} after t is not zero"
+        else:
+            assert torch.equal(a, b), f"d{n} changed"
+
+
+@pytest.mark.parametrize("family", ["simple_gla", "gla", "rwkv6", "linear_attn_normalized"])
+def test_continuation(family):
+    """A prefill in two calls, the state handed over mid-chunk, equals one call (FLA issue 494)."""
+    fn, kwargs, _, _ = make_case(family, Shape(B=2, T=50, H=1, HV=2, K=16, V=16), strong=True)
+    fn, kwargs = chunked(family, fn, kwargs)
+    o, ht = fn(**kwargs, output_final_state=True, chunk_size=16)
+    split = 21
+    first = {n: (x[:, :split] if torch.is_tensor(x) and x.dim() >= 3 else x) for n, x in kwargs.items()}
+    second = {n: (x[:, split:] if torch.is_tensor(x) and x.dim() >= 3 else x) for n, x in kwargs.items()}
+    o1, h1 = fn(**first, output_final_state=True, chunk_size=16)
+    o2, h2 = fn(**second, initial_state=h1, output_final_state=True, chunk_size=16)
+    close("o", torch.cat([o1, o2], 1), o, TOL)
+    for a, b in zip(h2 if isinstance(h2, tuple) else (h2,), ht if isinstance(ht, tuple) else (ht,)):
+        close("final_state", a, b, STATE_TOL)
+
+
+@pytest.mark.parametrize("variant", ["gla", "rwkv6", "simple_gla", "hgrn2"])
+def test_decay_of_minus_five_every_token(variant):
+    """The strongest decay we promise: log gates of -5 on every token over whole chunks of 64
+    (cumulative -320 within a chunk) stay finite and exact."""
+    spec = BUILTINS[variant]
+    gen = torch.Generator().manual_seed(0)
+    B, T, HV, K, V = 1, 130, 1, 32, 16
+    q, k = (torch.randn(B, T, 1, K, generator=gen).to(DEVICE, DTYPE) for _ in range(2))
+    v = torch.randn(B, T, HV, V, generator=gen).to(DEVICE, DTYPE)
+    shapes = {"token": (B, T, HV), "token_key": (B, T, HV, K), "head_key": (HV, K)}
+    inputs = {i.name: torch.full(shapes[i.shape.value], -5.0, device=DEVICE) for i in spec.inputs}
+    if variant == "hgrn2":  # logsigmoid(f) = -5
+        inputs["f"] = torch.full_like(inputs["f"], -5.0067153)
+    if variant == "rwkv6":
+        inputs["u"] = torch.randn(HV, K, generator=gen).to(DEVICE)
+    leaves = [q, k, v, *inputs.values()]
+    for x in leaves:
+        x.requires_grad_(True)
+    o, ht = get_op(variant).chunk(q, k, v, output_final_state=True, **inputs)
+    ro, rht = reference.run(spec, q, k, v, output_final_state=True, **inputs)
+    close("o", o, ro, TOL)
+    close("final_state", ht, rht, STATE_TOL)
+    do = torch.randn(o.shape, generator=gen).to(DEVICE)
+    for a, b in zip(torch.autograd.grad((o * do).sum(), leaves), torch.autograd.grad((ro * do).sum(), leaves)):
+        close("grad", a, b, TOL)
+
+
+@pytest.mark.parametrize("variant", ["hgrn2", "mamba2", "simple_gla_gamma"])
+def test_other_builtins_against_reference(variant):
+    """Variants reached through the op rather than an fla entry point (HGRN2's sigmoid gate,
+    Mamba2's in-kernel gate, a learnable per-head decay), varlen with initial states."""
+    spec = BUILTINS[variant]
+    gen = torch.Generator().manual_seed(1)
+    B, T, H, HV, K, V = 1, 90, 1, 2, 36, 20
+    cu = torch.tensor([0, 40, 90], dtype=torch.int32, device=DEVICE)
+    q, k = (torch.randn(B, T, H, K, generator=gen).to(DEVICE, DTYPE) for _ in range(2))
+    v = torch.randn(B, T, HV, V, generator=gen).to(DEVICE, DTYPE)
+    shapes = {"token": (B, T, HV), "token_key": (B, T, HV, K), "head": (HV,), "head_key": (HV, K)}
+    inputs = {i.name: torch.randn(shapes[i.shape.value], generator=gen).to(DEVICE) for i in spec.inputs}
+    if variant == "simple_gla_gamma":
+        inputs["g_gamma"] = -torch.rand(HV, generator=gen).to(DEVICE)
+    h0 = torch.randn(2, HV, K, V, generator=gen).to(DEVICE)
+    leaves = [q, k, v, h0, *inputs.values()]
+    for x in leaves:
+        x.requires_grad_(True)
+    o, ht = get_op(variant).chunk(q, k, v, initial_state=h0, output_final_state=True, cu_seqlens=cu, **inputs)
+    ro, rht = reference.run(spec, q, k, v, initial_state=h0, output_final_state=True, cu_seqlens=cu, **inputs)
+    close("o", o, ro, TOL)
+    close("final_state", ht, rht, STATE_TOL)
+    do = torch.randn(o.shape, generator=gen).to(DEVICE)
+    dht = torch.randn(ht.shape, generator=gen).to(DEVICE)
+    ours = torch.autograd.grad((o * do).sum() + (ht * dht).sum(), leaves)
+    theirs = torch.autograd.grad((ro * do).sum() + (rht * dht).sum(), leaves)
+    for name, a, b in zip(["q", "k", "v", "h0", *inputs], ours, theirs):
+        close(f"d{name}", a, b, TOL)
+
+
+def _ssd_reference(x, dt, A, Bm, C, h0):
+    """Mamba2's SSD, computed directly: h_t = exp(dt_t A) h_{t-1} + dt_t B_t x_t^T,
+    y_t = C_t^T h_t, as one masked quadratic form (float64). x [B, T, H, P], dt [B, T, H],
+    A [H], Bm, C [B, T, H, N], h0 [B, H, N, P]; returns y [B, T, H, P] and h_T."""
+    a = (dt * A).cumsum(1)                                          # [B, T, H]
+    seg = a[:, :, None, :] - a[:, None, :, :]                       # [B, t, s, H]
+    T = x.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()[None, :, :, None]
+    L = torch.where(causal, seg, float("-inf")).exp()
+    y = torch.einsum("bthn,bshn,btsh,bsh,bshp->bthp", C, Bm, L, dt, x)
+    y = y + torch.einsum("bthn,bth,bhnp->bthp", C, a.exp(), h0)
+    decay_to_end = (a[:, -1:, :] - a).exp()                         # [B, T, H]
+    hT = torch.einsum("bsh,bsh,bshn,bshp->bhnp", decay_to_end, dt, Bm, x) + a[:, -1, :, None, None].exp() * h0
+    return y, hT
+
+
+@pytest.mark.parametrize("in_kernel_gate", [False, True])
+def test_mamba2_ssd(in_kernel_gate):
+    """Mamba2's SSD is simple GLA with q = C, k = B, v = dt x, g = dt A, scale 1: through
+    chunk_simple_gla, or through the `mamba2` variant whose kernels compute
+    g = -exp(A_log) softplus(dt_raw + dt_bias) themselves. Gradients included."""
+    gen = torch.Generator().manual_seed(4)
+    B, T, H, N, P = 2, 75, 2, 24, 40
+    x = torch.randn(B, T, H, P, generator=gen, dtype=torch.float64)
+    Bm = torch.randn(B, T, H, N, generator=gen, dtype=torch.float64)
+    C = torch.randn(B, T, H, N, generator=gen, dtype=torch.float64)
+    dt_raw = torch.randn(B, T, H, generator=gen, dtype=torch.float64)
+    A_log = torch.log(torch.rand(H, generator=gen, dtype=torch.float64) * 8 + 1)
+    dt_bias = torch.randn(H, generator=gen, dtype=torch.float64) * 0.5
+    h0 = torch.randn(B, H, N, P, generator=gen, dtype=torch.float64)
+    leaves64 = [x, Bm, C, dt_raw, A_log, dt_bias, h0]
+    leaves = [t.to(DEVICE, DTYPE if t.dim() == 4 and t is not h0 else torch.float32).requires_grad_(True)
+              for t in leaves64]
+    for t in leaves64:
+        t.requires_grad_(True)
+
+    def ours(x, Bm, C, dt_raw, A_log, dt_bias, h0):
+        dt = F.softplus(dt_raw + dt_bias)
+        v = (x * dt[..., None]).to(x.dtype)
+        if in_kernel_gate:
+            return get_op("mamba2").chunk(C, Bm, v, scale=1.0, initial_state=h0, output_final_state=True,
+                                          g=dt_raw, A_log=A_log, dt_bias=dt_bias)
+        return ops.chunk_simple_gla(C, Bm, v, g=-torch.exp(A_log) * dt, scale=1.0, initial_state=h0,
+                                    output_final_state=True)
+
+    def direct(x, Bm, C, dt_raw, A_log, dt_bias, h0):
+        return _ssd_reference(x, F.softplus(dt_raw + dt_bias), -torch.exp(A_log), Bm, C, h0)
+
+    y, hT = ours(*leaves)
+    ry, rhT = direct(*leaves64)
+    close("y", y, ry.to(DEVICE), TOL)
+    close("final_state", hT, rhT.to(DEVICE), STATE_TOL)
+    dy = torch.randn(y.shape, generator=gen, dtype=torch.float64)
+    g_ours = torch.autograd.grad((y.double() * dy.to(DEVICE)).sum(), leaves)
+    g_ref = torch.autograd.grad((ry * dy).sum(), leaves64)
+    for name, a, b in zip(["x", "B", "C", "dt", "A_log", "dt_bias", "h0"], g_ours, g_ref):
+        close(f"d{name}", a, b.to(DEVICE), TOL)
+
+
+def test_lightning_attn_is_simple_gla_with_fixed_decay():
+    fn, kwargs, _, _ = make_case("linear_attn", Shape(B=1, T=33, H=2, HV=2, K=16, V=16), strong=False)
+    q, k, v = qkv(kwargs)
+    o, ht = ops.chunk_lightning_attn(q, k, v, layer_idx=1, num_layers=4, output_final_state=True)
+    g_gamma = -(8 / 2 * (1 - 1 / 4)) * torch.arange(2, dtype=torch.float32, device=DEVICE)
+    ro, rht = reference.run(BUILTINS["simple_gla_gamma"], q, k, v, output_final_state=True, g_gamma=g_gamma)
+    close("o", o, ro, TOL)
+    close("final_state", ht, rht, STATE_TOL)
+
+
+def test_chunk_options_are_checked():
+    fn, kwargs, _, _ = make_case("gla", Shape(B=1, T=8, H=1, HV=1, K=16, V=16), strong=False)
+    fn, kwargs = chunked("gla", fn, kwargs)
+    with pytest.raises(ValueError, match="chunk_size"):
+        fn(**kwargs, chunk_size=48)
+    with pytest.raises(NotImplementedError, match="delta rule"):
+        get_op("gated_delta_rule").chunk(*qkv(kwargs), g=kwargs["g"][..., 0], beta=kwargs["g"][..., 0])
+    with pytest.raises(ValueError, match="`g`"):
+        fn(**{**kwargs, "g": kwargs["g"][..., :8]})
