@@ -1,9 +1,9 @@
 """Where the time of a chunked op goes, and how it moves with the kernels' tiles (GPU).
 
-    python benchmarks/profile_chunk.py [--ops chunk_gla,chunk_simple_gla] [--sweep]
+    python benchmarks/profile_chunk.py [--ops chunk_gla,chunk_simple_gla] [--shape B,T,H,D] [--sweep [--kinds h,o]]
 
 Prints the CUDA time per kernel of one forward+backward (torch.profiler) and, with
-``--sweep``, forward+backward times for alternative (BK, BV, num_warps) per kernel kind.
+``--sweep``, forward+backward times for alternative TILES entries (BK, BV, num_warps[, num_stages]).
 """
 
 from __future__ import annotations
@@ -19,11 +19,13 @@ from triton.testing import do_bench
 from benchmarks.bench_chunk import make_inputs
 from flagen.runtime import chunked
 
+# Alternatives per TILES entry. Timing only: a combination Triton miscompiles (see
+# chunked.TILES) can time well and be wrong, so a winner must pass tests/run_gpu.sh first.
 SWEEP = {
-    "o": [(128, 64, 4), (64, 64, 4), (128, 128, 8), (64, 128, 4)],
-    "dv": [(128, 64, 4), (64, 64, 4), (128, 128, 8), (64, 128, 4)],
-    "dqk": [(64, 64, 4), (128, 64, 8), (64, 64, 8), (64, 128, 8), (32, 64, 4)],
-    "h": [(64, 64, 4), (64, 32, 4), (32, 64, 4), (128, 64, 8)],
+    "o": [(128, 64, 8), (64, 64, 8), (128, 128, 8)],
+    "dv": [(128, 64, 8), (64, 64, 8), (128, 128, 8)],
+    "dqk": [(64, 64, 8, 1), (64, 64, 4, 1), (128, 64, 8, 1), (64, 128, 8, 1)],
+    "h": [(64, 64, 4), (64, 32, 4), (32, 64, 4), (32, 32, 4), (32, 32, 2), (64, 32, 2)],
 }
 
 
@@ -32,6 +34,7 @@ def main():
     p.add_argument("--ops", default="chunk_gla,chunk_simple_gla")
     p.add_argument("--shape", default="4,2048,16,128")
     p.add_argument("--sweep", action="store_true")
+    p.add_argument("--kinds", default=",".join(SWEEP), help="TILES entries to sweep")
     args = p.parse_args()
     B, T, H, D = (int(x) for x in args.shape.split(","))
     for name in args.ops.split(","):
@@ -55,7 +58,8 @@ def main():
         if not args.sweep:
             continue
         base = dict(chunked.TILES)
-        for kind, options in SWEEP.items():
+        for kind in args.kinds.split(","):
+            options = SWEEP[kind]
             for opt in options:
                 chunked.TILES.update(base)
                 chunked.TILES[kind] = opt

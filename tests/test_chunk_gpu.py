@@ -26,18 +26,13 @@ def _inputs(spec, B, T, HV, K, gen, lo, hi):
     return out
 
 
-@pytest.mark.parametrize("variant", ["simple_gla", "gla", "retention", "rwkv6"])
-def test_long_sequence_fwd_bwd(variant):
+def _check(variant, q, k, v, h0, inputs, gen, **call):
+    """The chunked op against the float64 reference: output, final state, every gradient."""
     spec = BUILTINS[variant]
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    B, T, H, K, V = 1, 16384, 1, 32, 32
-    q, k, v = (torch.randn(B, T, H, K, generator=gen, device="cuda").bfloat16() for _ in range(3))
-    inputs = _inputs(spec, B, T, H, K, gen, -0.2, -0.001)
-    h0 = torch.randn(B, H, K, V, generator=gen, device="cuda")
     leaves = [q, k, v, h0, *inputs.values()]
     for x in leaves:
         x.requires_grad_(True)
-    o, ht = get_op(variant).chunk(q, k, v, initial_state=h0, output_final_state=True, **inputs)
+    o, ht = get_op(variant).chunk(q, k, v, initial_state=h0, output_final_state=True, **inputs, **call)
     ro, rht = reference.run(spec, q, k, v, initial_state=h0, output_final_state=True, **inputs)
     close("o", o, ro, TOL)
     close("final_state", ht, rht, STATE_TOL)
@@ -46,6 +41,17 @@ def test_long_sequence_fwd_bwd(variant):
     theirs = torch.autograd.grad((ro * do).sum(), leaves)
     for name, a, b in zip(["q", "k", "v", "h0", *inputs], ours, theirs):
         close(f"d{name}", a, b, TOL)
+
+
+@pytest.mark.parametrize("variant", ["simple_gla", "gla", "retention", "rwkv6"])
+def test_long_sequence_fwd_bwd(variant):
+    spec = BUILTINS[variant]
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    B, T, H, K, V = 1, 16384, 1, 32, 32
+    q, k, v = (torch.randn(B, T, H, K, generator=gen, device="cuda").bfloat16() for _ in range(3))
+    inputs = _inputs(spec, B, T, H, K, gen, -0.2, -0.001)
+    h0 = torch.randn(B, H, K, V, generator=gen, device="cuda")
+    _check(variant, q, k, v, h0, inputs, gen)
 
 
 def test_forward_past_2_31_elements():
@@ -68,3 +74,23 @@ def test_forward_past_2_31_elements():
         close(f"o[{end - 64}:{end}]", o[:, end - 64:end], ro[:, -64:], TOL)
         if end == T:
             close("final_state", ht, rht, STATE_TOL)
+
+
+# Head dims (and so tiles: BK, BV of 16 up to 128, several tiles per program) and chunk sizes
+# swept on the compiled kernels: Triton has miscompiled some tile and warp combinations of
+# these kernels on Hopper (see chunked.TILES), and only the GPU can show it.
+SWEEP = [(K, V, 64) for K, V in [(16, 16), (32, 16), (100, 32), (128, 128), (256, 256)]]
+SWEEP += [(48, 100, 32), (48, 100, 128)]
+
+
+@pytest.mark.parametrize("K,V,chunk_size", SWEEP, ids=[f"K{k}_V{v}_BT{bt}" for k, v, bt in SWEEP])
+@pytest.mark.parametrize("variant", ["linear_attn", "simple_gla", "gla", "rwkv6"])
+def test_head_dims_and_chunk_sizes(variant, K, V, chunk_size):
+    spec = BUILTINS[variant]
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    B, T, H, HV = 2, 150, 1, 2
+    q, k = (torch.randn(B, T, H, K, generator=gen, device="cuda").bfloat16() for _ in range(2))
+    v = torch.randn(B, T, HV, V, generator=gen, device="cuda").bfloat16()
+    inputs = _inputs(spec, B, T, HV, K, gen, -1.0, -0.001)
+    h0 = torch.randn(B, HV, K, V, generator=gen, device="cuda")
+    _check(variant, q, k, v, h0, inputs, gen, chunk_size=chunk_size)

@@ -16,14 +16,25 @@ import torch
 import triton
 import triton.language as tl
 
-# Tiles and warps per kernel, as (BK cap, BV cap, num_warps); head dims round up to powers
-# of two below the caps. (Per-GPU tuning belongs to the autotuning issue; the kernels take
-# any power of two >= 16.) FLAGEN_CHUNK_TILES="dqk=128,64,8;o=64,64,4" overrides entries.
+from flagen.runtime.gradients import raw_gradients
+
+# Tiles and launch options per kernel, as (BK cap, BV cap, num_warps[, num_stages]); head
+# dims round up to powers of two below the caps. (Per-GPU tuning belongs to the autotuning
+# issue; the kernels take any power of two >= 16.) An entry "<kind>:<decay>" overrides "<kind>"
+# for that decay path. FLAGEN_CHUNK_TILES="dqk=128,64,8;o:key=64,64,4,2" overrides entries.
+#
+# Triton 3.6 miscompiles some of these kernels on Hopper (wrong outputs or illegal addresses,
+# bisected with tests/diagnose_chunk.py on an H100): chunk_fwd_o/chunk_bwd_dv with 4 warps and
+# BV <= 32 on the scalar and no-decay paths, with 8 warps on the per-key path; chunk_bwd_dqk
+# with a software-pipelined V loop. The entries below avoid every failing combination found;
+# tests/test_chunk_gpu.py sweeps head dims so that a compiler change cannot slip one through.
 TILES = {
-    "h": (64, 64, 4),      # chunk_fwd_h, chunk_bwd_dh: a [BK, BV] state tile per program
-    "o": (128, 64, 4),     # chunk_fwd_o: loops over K, a V tile per program
-    "dv": (128, 64, 4),    # chunk_bwd_dv: loops over K, a V tile per program
-    "dqk": (64, 64, 8),    # chunk_bwd_dqk: loops over V (twice), a K tile per program
+    "h": (64, 64, 4),        # chunk_fwd_h, chunk_bwd_dh: a [BK, BV] state tile per program
+    "o": (128, 64, 8),       # chunk_fwd_o: loops over K, a V tile per program
+    "o:key": (128, 64, 4),
+    "dv": (128, 64, 8),      # chunk_bwd_dv: loops over K, a V tile per program
+    "dv:key": (128, 64, 4),
+    "dqk": (64, 64, 8, 1),   # chunk_bwd_dqk: loops over V (twice), a K tile per program
 }
 for _entry in filter(None, os.environ.get("FLAGEN_CHUNK_TILES", "").split(";")):
     _kind, _values = _entry.split("=")
@@ -35,10 +46,10 @@ def _tile(n: int, cap: int) -> int:
     return max(16, min(cap, triton.next_power_of_2(n)))
 
 
-def tiles(kind: str, K: int, V: int) -> tuple[int, int, int]:
-    """(BK, BV, num_warps) of kernel ``kind`` for head dims K, V."""
-    bk, bv, warps = TILES[kind]
-    return _tile(K, bk), _tile(V, bv), warps
+def tiles(kind: str, K: int, V: int, decay: str) -> tuple[int, int, dict]:
+    """(BK, BV, launch options) of kernel ``kind`` on decay path ``decay`` for head dims K, V."""
+    bk, bv, warps, *stages = TILES.get(f"{kind}:{decay}", TILES[kind])
+    return _tile(K, bk), _tile(V, bv), dict(num_warps=warps, **({"num_stages": stages[0]} if stages else {}))
 
 
 def dot_dtype(dtype: torch.dtype):
@@ -83,13 +94,13 @@ def _states(op, meta, q, k, v, h0, inputs, chunks, BT, DT, hdtype, store_ht):
     B, T, H, K = q.shape
     HV, V = v.shape[2], v.shape[3]
     N = meta["N"]
-    BK, BV, W = tiles("h", K, V)
+    BK, BV, W = tiles("h", K, V, op.module.DECAY)
     h = q.new_empty(chunks.NC, HV, K, V, dtype=hdtype)
     ht = q.new_empty(N, HV, K, V, dtype=torch.float32) if store_ht else None
     op.module.KERNELS["chunk_fwd_h"][(triton.cdiv(K, BK) * triton.cdiv(V, BV), N * HV)](
         k, v, *inputs, h, h0, ht, meta["cu"], chunks.offsets, T,
         H=H, HV=HV, K=K, V=V, BT=BT, BK=BK, BV=BV, DT=DT,
-        USE_H0=h0 is not None, STORE_HT=store_ht, IS_VARLEN=meta["cu"] is not None, num_warps=W,
+        USE_H0=h0 is not None, STORE_HT=store_ht, IS_VARLEN=meta["cu"] is not None, **W,
     )
     return h, ht
 
@@ -107,11 +118,11 @@ class _Chunked(torch.autograd.Function):
         h, ht = _states(op, meta, q, k, v, h0, inputs, chunks, BT, DT, hdtype, meta["output_final_state"])
         o = torch.empty_like(v)
         if chunks.NC:
-            BK, BV, W = tiles("o", K, V)
+            BK, BV, W = tiles("o", K, V, op.module.DECAY)
             kern["chunk_fwd_o"][(*chunks.grid, triton.cdiv(V, BV))](
                 q, k, v, *inputs, h, o, meta["cu"], chunks.indices, meta["scale"], T,
                 H=H, HV=HV, K=K, V=V, BT=BT, BK=BK, BV=BV, DT=DT, IS_VARLEN=meta["cu"] is not None,
-                num_warps=W, **_sub_chunk(op),
+                **W, **_sub_chunk(op),
             )
         if meta["needs_grad"]:
             ctx.save_for_backward(q, k, v, h0, *raw)
@@ -136,33 +147,33 @@ class _Chunked(torch.autograd.Function):
         h, _ = _states(op, meta, q, k, v, h0, inputs, chunks, BT, DT, hdtype, False)
         dh = torch.empty_like(h)
         dh0 = torch.empty(N, HV, K, V, **f32) if h0 is not None else None
-        BK, BV, W = tiles("h", K, V)
+        BK, BV, W = tiles("h", K, V, op.module.DECAY)
         kern["chunk_bwd_dh"][(triton.cdiv(K, BK) * triton.cdiv(V, BV), N * HV)](
             q, do, *inputs, dh, dht.contiguous() if dht is not None else None, dh0, cu, chunks.offsets,
             meta["scale"], T,
             H=H, HV=HV, K=K, V=V, BT=BT, BK=BK, BV=BV, DT=DT,
-            USE_DHT=dht is not None, STORE_DH0=dh0 is not None, IS_VARLEN=varlen, num_warps=W,
+            USE_DHT=dht is not None, STORE_DH0=dh0 is not None, IS_VARLEN=varlen, **W,
         )
 
         dv = torch.empty_like(v)
         # with grouped value heads, dq and dk are per state head first, then summed per group
         dq = torch.empty(NT, HV, K, dtype=q.dtype if G == 1 else torch.float32, device=q.device)
         dk = torch.empty_like(dq)
-        BKq, BVq, Wq = tiles("dqk", K, V)
+        BKq, BVq, Wq = tiles("dqk", K, V, op.module.DECAY)
         NK = triton.cdiv(K, BKq)
         kinds = dict(op.module.INPUTS)
         layout = {"token": (NK, NT, HV), "token_key": (NT, HV, K), "head": (NK, NC, HV), "head_key": (NC, HV, K)}
         grads = {name: torch.empty(layout[kinds[name]], **f32) for name in op.module.GRADS}
         if NC:
-            BKv, BVv, Wv = tiles("dv", K, V)
+            BKv, BVv, Wv = tiles("dv", K, V, op.module.DECAY)
             kern["chunk_bwd_dv"][(*chunks.grid, triton.cdiv(V, BVv))](
                 q, k, *inputs, do, dh, dv, cu, chunks.indices, meta["scale"], T,
-                H=H, HV=HV, K=K, V=V, BT=BT, BK=BKv, BV=BVv, DT=DT, IS_VARLEN=varlen, num_warps=Wv,
+                H=H, HV=HV, K=K, V=V, BT=BT, BK=BKv, BV=BVv, DT=DT, IS_VARLEN=varlen, **Wv,
                 **_sub_chunk(op),
             )
             kern["chunk_bwd_dqk"][(*chunks.grid, NK)](
                 q, k, v, *inputs, h, do, dh, dq, dk, *grads.values(), cu, chunks.indices, meta["scale"], T, NT, NC,
-                H=H, HV=HV, K=K, V=V, BT=BT, BK=BKq, BV=BVq, DT=DT, IS_VARLEN=varlen, num_warps=Wq,
+                H=H, HV=HV, K=K, V=V, BT=BT, BK=BKq, BV=BVq, DT=DT, IS_VARLEN=varlen, **Wq,
                 **_sub_chunk(op),
             )
         else:  # no tokens at all
@@ -172,22 +183,8 @@ class _Chunked(torch.autograd.Function):
         dq = dq.view(B, T, H, G, K).sum(3).to(q.dtype) if G > 1 else dq.view(B, T, H, K)
         dk = dk.view(B, T, H, G, K).sum(3).to(k.dtype) if G > 1 else dk.view(B, T, H, K)
 
-        raw_grads = []
-        tensors = iter(raw)
-        for name, kind in op.module.INPUTS:
-            if kind == "const":
-                continue
-            x = next(tensors)
-            g = grads.get(name)
-            if g is None:
-                raw_grads.append(None)
-            elif kind == "token":
-                raw_grads.append(g.sum(0).view(x.shape).to(x.dtype))
-            elif kind == "token_key":
-                raw_grads.append(g.view(x.shape).to(x.dtype))
-            elif kind == "head":
-                raw_grads.append(g.sum((0, 1)).view(x.shape).to(x.dtype))
-            else:
-                raw_grads.append(g.sum(0).view(x.shape).to(x.dtype))
+        # partial gradients per K tile (per-token scalars) and per chunk (per-head inputs)
+        raw_grads = raw_gradients(op, raw, grads,
+                                  {"token": (0,), "token_key": (), "head": (0, 1), "head_key": (0,)})
         dh0 = dh0.to(h0.dtype) if dh0 is not None else None
         return (None, None, dq, dk, dv, dh0, *raw_grads)

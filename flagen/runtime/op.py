@@ -14,6 +14,7 @@ import triton
 
 from flagen.runtime import checks
 from flagen.runtime.chunked import _Chunked
+from flagen.runtime.gradients import raw_gradients
 
 DEFAULT_CHECKPOINT_INTERVAL = 64
 DEFAULT_CHUNK_SIZE = 64
@@ -95,19 +96,9 @@ class _Recurrent(torch.autograd.Function):
         G = HV // H
         dq = dq.sum(0).view(B, T, H, G, K).sum(3).to(q.dtype)
         dk = dk.sum(0).view(B, T, H, G, K).sum(3).to(k.dtype)
-        raw_grads = []
-        tensors = iter(raw)
-        for name, kind in op.module.INPUTS:
-            if kind == "const":
-                continue
-            x = next(tensors)
-            g = grads.get(name)
-            if g is None:
-                raw_grads.append(None)
-            elif kind.startswith("token"):
-                raw_grads.append(g.sum(0).view(x.shape).to(x.dtype))
-            else:
-                raw_grads.append(g.sum((0, 1)).view(x.shape).to(x.dtype))
+        # partial gradients per V tile (and, for per-head inputs, per sequence)
+        raw_grads = raw_gradients(op, raw, grads,
+                                  {"token": (0,), "token_key": (0,), "head": (0, 1), "head_key": (0, 1)})
         dh0 = dh0.to(h0.dtype) if dh0 is not None else None
         return (None, None, dq, dk, dv, dh0, *raw_grads)
 
