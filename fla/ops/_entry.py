@@ -8,31 +8,54 @@ import torch
 from flagen.runtime.op import DEFAULT_CHUNK_SIZE, get_op
 
 
-def fused_recurrent(variant: str, q, k, v, inputs: dict, scale=None, initial_state=None,
-                    output_final_state=False, reverse=False, cu_seqlens=None, state_v_first=False):
-    """Run built-in ``variant``; ``state_v_first`` states are [N, HV, V, K] on the way in and out."""
+def _run(call, q, k, v, inputs: dict, initial_state, state_v_first: bool, **options):
+    """``call(q, k, v, initial_state=..., **inputs, **options)`` with ``state_v_first`` states
+    [N, HV, V, K] on the way in and out."""
     if state_v_first and initial_state is not None:
         initial_state = initial_state.transpose(-1, -2)
-    o, final_state = get_op(variant)(
-        q, k, v, scale=scale, initial_state=initial_state, output_final_state=output_final_state,
-        cu_seqlens=cu_seqlens, reverse=reverse, **inputs,
-    )
+    o, final_state = call(q, k, v, initial_state=initial_state, **inputs, **options)
     if state_v_first and final_state is not None:
         final_state = final_state.transpose(-1, -2).contiguous()
     return o, final_state
 
 
+def fused_recurrent(variant: str, q, k, v, inputs: dict, scale=None, initial_state=None,
+                    output_final_state=False, reverse=False, cu_seqlens=None, state_v_first=False):
+    """Run built-in ``variant`` token by token."""
+    return _run(get_op(variant), q, k, v, inputs, initial_state, state_v_first, scale=scale,
+                output_final_state=output_final_state, cu_seqlens=cu_seqlens, reverse=reverse)
+
+
 def chunk(variant: str, q, k, v, inputs: dict, scale=None, initial_state=None, output_final_state=False,
           cu_seqlens=None, state_v_first=False, chunk_size=None):
     """Run built-in ``variant`` through its chunked kernels (training and prefill)."""
-    if state_v_first and initial_state is not None:
-        initial_state = initial_state.transpose(-1, -2)
-    o, final_state = get_op(variant).chunk(
-        q, k, v, scale=scale, initial_state=initial_state, output_final_state=output_final_state,
-        cu_seqlens=cu_seqlens, chunk_size=chunk_size or DEFAULT_CHUNK_SIZE, **inputs,
-    )
-    if state_v_first and final_state is not None:
-        final_state = final_state.transpose(-1, -2).contiguous()
+    return _run(get_op(variant).chunk, q, k, v, inputs, initial_state, state_v_first, scale=scale,
+                output_final_state=output_final_state, cu_seqlens=cu_seqlens,
+                chunk_size=chunk_size or DEFAULT_CHUNK_SIZE)
+
+
+def scalar_gate(g, g_gamma) -> tuple[str, dict]:
+    """(variant, inputs) of simple GLA's gate options: a per-token ``g``, a per-head constant
+    ``g_gamma``, or neither (plain linear attention)."""
+    if g is not None and g_gamma is not None:
+        raise ValueError("give at most one of `g` and `g_gamma`")
+    if g is not None:
+        return "simple_gla", {"g": g}
+    if g_gamma is not None:
+        return "simple_gla_gamma", {"g_gamma": g_gamma}
+    return "linear_attn", {}
+
+
+def linear_attn(entry, normalize: bool, q, k, v, scale, initial_state, output_final_state, *args, **kwargs):
+    """Linear attention through ``entry`` (fused_recurrent or chunk). With ``normalize`` the
+    states are FLA's pairs (S [N, HV, K, V], z [N, 1, HV, K]); the op's z is [N, HV, K]."""
+    if normalize and isinstance(initial_state, tuple):
+        s0, z0 = initial_state
+        initial_state = (s0, z0.squeeze(1) if z0.dim() == 4 else z0)
+    o, final_state = entry("linear_attn_normalized" if normalize else "linear_attn", q, k, v, {}, scale,
+                           initial_state, output_final_state, *args, **kwargs)
+    if normalize and final_state is not None:
+        final_state = (final_state[0], final_state[1].unsqueeze(1))
     return o, final_state
 
 

@@ -1,4 +1,4 @@
-from fla.ops._entry import chunk
+from fla.ops._entry import chunk, linear_attn
 
 
 def chunk_linear_attn(q, k, v, scale=None, initial_state=None, output_final_state=False, normalize=False,
@@ -10,11 +10,5 @@ def chunk_linear_attn(q, k, v, scale=None, initial_state=None, output_final_stat
     scale q_t . z_t, z_t the running sum of keys, and states are pairs
     ``(S [N, HV, K, V], z [N, 1, HV, K])``.
     """
-    if normalize and isinstance(initial_state, tuple):
-        s0, z0 = initial_state
-        initial_state = (s0, z0.squeeze(1) if z0.dim() == 4 else z0)
-    o, final_state = chunk("linear_attn_normalized" if normalize else "linear_attn", q, k, v, {}, scale,
-                           initial_state, output_final_state, cu_seqlens, chunk_size=chunk_size)
-    if normalize and final_state is not None:
-        final_state = (final_state[0], final_state[1].unsqueeze(1))
-    return o, final_state
+    return linear_attn(chunk, normalize, q, k, v, scale, initial_state, output_final_state, cu_seqlens,
+                       chunk_size=chunk_size)

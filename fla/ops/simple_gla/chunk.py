@@ -1,4 +1,4 @@
-from fla.ops._entry import chunk
+from fla.ops._entry import chunk, scalar_gate
 
 
 def chunk_simple_gla(q, k, v, g=None, g_gamma=None, scale=None, initial_state=None, output_final_state=False,
@@ -10,13 +10,6 @@ def chunk_simple_gla(q, k, v, g=None, g_gamma=None, scale=None, initial_state=No
     neither gives plain linear attention. Differentiable in every input. ``cu_seqlens_cpu``
     is accepted for FLA compatibility and not needed.
     """
-    if g is not None and g_gamma is not None:
-        raise ValueError("give at most one of `g` and `g_gamma`")
-    if g is not None:
-        variant, inputs = "simple_gla", {"g": g}
-    elif g_gamma is not None:
-        variant, inputs = "simple_gla_gamma", {"g_gamma": g_gamma}
-    else:
-        variant, inputs = "linear_attn", {}
+    variant, inputs = scalar_gate(g, g_gamma)
     return chunk(variant, q, k, v, inputs, scale, initial_state, output_final_state, cu_seqlens, state_v_first,
                  chunk_size)

@@ -1,4 +1,4 @@
-from fla.ops._entry import fused_recurrent
+from fla.ops._entry import fused_recurrent, scalar_gate
 
 
 def fused_recurrent_simple_gla(q, k, v, g=None, g_gamma=None, scale=None, initial_state=None,
@@ -9,13 +9,6 @@ def fused_recurrent_simple_gla(q, k, v, g=None, g_gamma=None, scale=None, initia
     g [B, T, HV] (log decay per token), or g_gamma [HV] (a per-head constant, as in
     lightning attention); neither gives plain linear attention. Differentiable in every input.
     """
-    if g is not None and g_gamma is not None:
-        raise ValueError("give at most one of `g` and `g_gamma`")
-    if g is not None:
-        variant, inputs = "simple_gla", {"g": g}
-    elif g_gamma is not None:
-        variant, inputs = "simple_gla_gamma", {"g_gamma": g_gamma}
-    else:
-        variant, inputs = "linear_attn", {}
+    variant, inputs = scalar_gate(g, g_gamma)
     return fused_recurrent(variant, q, k, v, inputs, scale, initial_state, output_final_state, reverse,
                            cu_seqlens, state_v_first)
