@@ -54,7 +54,9 @@ def main():
         print(f"== {name} B{B}_T{T}_H{H}_D{D}: CUDA time per fwd+bwd, by kernel")
         for e in sorted(prof.key_averages(), key=lambda e: -e.device_time_total)[:12]:
             print(f"  {e.device_time_total / 10 / 1000:8.3f} ms  {e.key[:90]}")
-        print(f"  fwd+bwd {do_bench(fwd_bwd, grad_to_none=grads):.3f} ms")
+        with torch.no_grad():
+            t_fwd = do_bench(lambda: fn(**a, **kw))
+        print(f"  fwd {t_fwd:.3f} ms, fwd+bwd {do_bench(fwd_bwd, grad_to_none=grads):.3f} ms")
         if not args.sweep:
             continue
         base = dict(chunked.TILES)

@@ -9,7 +9,7 @@ out=$(realpath -m "${OUT:-bench-out}"); mkdir -p "$out"
 what=${1:-all}; shift || true
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 FLAGEN_CACHE_DIR=${FLAGEN_CACHE_DIR:-$(mktemp -d)}
 if [[ $what == ours || $what == all ]]; then
-  python3 benchmarks/bench_chunk.py --impl flagen --out "$out/flagen.json" "$@"
+  python3 benchmarks/bench_chunk.py --impl flagen --out "$out/flagen.json" "$@" | tee "$out/flagen.log"
 fi
 if [[ $what == sdpa || $what == all ]]; then
   python3 benchmarks/bench_chunk.py --impl sdpa --out "$out/sdpa.json"
@@ -21,7 +21,7 @@ if [[ $what == fla || $what == all ]]; then
   done
   # upstream's package must not see ours: run from its own directory, PYTHONPATH cleared
   (cd "$fla_dir" && PYTHONPATH= python3 "$OLDPWD/benchmarks/bench_chunk.py" --impl fla --fla-path "$fla_dir" \
-      --out "$out/fla.json" "$@")
+      --out "$out/fla.json" "$@" | tee "$out/fla.log")
 fi
 if [[ -f $out/flagen.json && -f $out/fla.json && -f $out/sdpa.json ]]; then
   python3 benchmarks/compare_chunk.py "$out/flagen.json" "$out/fla.json" "$out/sdpa.json" | tee "$out/results.md"

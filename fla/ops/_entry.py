@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from flagen.runtime.op import DEFAULT_CHUNK_SIZE, get_op
+from flagen.runtime.op import get_op
 
 
 def _run(call, q, k, v, inputs: dict, initial_state, state_v_first: bool, **options):
@@ -30,8 +30,7 @@ def chunk(variant: str, q, k, v, inputs: dict, scale=None, initial_state=None, o
           cu_seqlens=None, state_v_first=False, chunk_size=None):
     """Run built-in ``variant`` through its chunked kernels (training and prefill)."""
     return _run(get_op(variant).chunk, q, k, v, inputs, initial_state, state_v_first, scale=scale,
-                output_final_state=output_final_state, cu_seqlens=cu_seqlens,
-                chunk_size=chunk_size or DEFAULT_CHUNK_SIZE)
+                output_final_state=output_final_state, cu_seqlens=cu_seqlens, chunk_size=chunk_size)
 
 
 def scalar_gate(g, g_gamma) -> tuple[str, dict]:

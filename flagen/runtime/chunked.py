@@ -28,18 +28,37 @@ from flagen.runtime.gradients import raw_gradients
 # BV <= 32 on the scalar and no-decay paths, with 8 warps on the per-key path; chunk_bwd_dqk
 # with a software-pipelined V loop. The entries below avoid every failing combination found;
 # tests/test_chunk_gpu.py sweeps head dims so that a compiler change cannot slip one through.
+# Among the rest, the entries are the fastest that benchmarks/tune_chunk.py found on an H100
+# for H16, D128 at B2_T16384 and B4_T2048 (benchmarks/results/chunk_h100.md).
 TILES = {
-    "h": (64, 64, 4),        # chunk_fwd_h, chunk_bwd_dh: a [BK, BV] state tile per program
-    "o": (128, 64, 8),       # chunk_fwd_o: loops over K, a V tile per program
+    "h": (64, 64, 4, 3),     # chunk_fwd_h: a [BK, BV] state tile per program
+    "h:key": (32, 64, 4, 3),
+    "dh": (64, 64, 4, 3),    # chunk_bwd_dh: a [BK, BV] state-gradient tile per program
+    "dh:key": (32, 64, 4, 3),
+    "o": (64, 128, 8, 3),    # chunk_fwd_o: loops over K, a V tile per program
     "o:key": (128, 64, 4),
-    "dv": (128, 64, 8),      # chunk_bwd_dv: loops over K, a V tile per program
+    "dv": (64, 128, 8, 3),   # chunk_bwd_dv: loops over K, a V tile per program
     "dv:key": (128, 64, 4),
-    "dqk": (64, 64, 8, 1),   # chunk_bwd_dqk: loops over V (twice), a K tile per program
+    "dqk": (64, 64, 4, 1),   # chunk_bwd_dqk: loops over V (twice), a K tile per program
+    "dqk:key": (64, 64, 8, 1),
 }
 for _entry in filter(None, os.environ.get("FLAGEN_CHUNK_TILES", "").split(";")):
     _kind, _values = _entry.split("=")
     TILES[_kind.strip()] = tuple(int(x) for x in _values.split(","))
 SUB_CHUNK = 16  # BC: rows per sub-chunk on the per-key decay path (bounds every exponent)
+
+
+def chunk_sizes(module, chunk_size: int | None) -> tuple[int, int]:
+    """(forward chunk size, backward chunk size).
+
+    By default the forward takes chunks of 128 tokens on the scalar and no-decay paths (half
+    the states of 64-token chunks to write and read back: on the H100 at B2_T16384_H16_D128,
+    chunk_fwd_h 0.23 ms instead of 0.29 for chunk_fwd_o 0.28 either way) and 64 on the
+    per-key path (its sub-chunks bound the exponents) and with the exclusive readout; the
+    backward's four kernels are fastest with 64. A given ``chunk_size`` is used by both passes
+    (the results do not depend on it beyond rounding)."""
+    fwd = 128 if module.DECAY != "key" and not module.BONUS else 64
+    return chunk_size or fwd, chunk_size or 64
 
 
 def _tile(n: int, cap: int) -> int:
@@ -111,7 +130,7 @@ class _Chunked(torch.autograd.Function):
         kern = op.module.KERNELS
         B, T, H, K = q.shape
         HV, V = v.shape[2], v.shape[3]
-        BT = meta["chunk_size"]
+        BT, _ = chunk_sizes(op.module, meta["chunk_size"])
         DT, hdtype = dot_dtype(q.dtype)
         chunks = Chunks.of(meta["lens"], meta["cu"] is not None, B, T, HV, BT, q.device)
         inputs = op.kernel_inputs(raw, meta)
@@ -126,20 +145,21 @@ class _Chunked(torch.autograd.Function):
             )
         if meta["needs_grad"]:
             ctx.save_for_backward(q, k, v, h0, *raw)
-            ctx.op, ctx.meta, ctx.chunks = op, meta, chunks
+            ctx.op, ctx.meta = op, meta
         return o, ht
 
     @staticmethod
     def backward(ctx, do, dht):
-        op, meta, chunks = ctx.op, ctx.meta, ctx.chunks
+        op, meta = ctx.op, ctx.meta
         kern = op.module.KERNELS
         q, k, v, h0, *raw = ctx.saved_tensors
         B, T, H, K = q.shape
         HV, V = v.shape[2], v.shape[3]
-        N, NT, NC, G = meta["N"], B * T, chunks.NC, HV // H
-        BT = meta["chunk_size"]
+        BT = chunk_sizes(op.module, meta["chunk_size"])[1]
         DT, hdtype = dot_dtype(q.dtype)
         cu, varlen = meta["cu"], meta["cu"] is not None
+        chunks = Chunks.of(meta["lens"], varlen, B, T, HV, BT, q.device)
+        N, NT, NC, G = meta["N"], B * T, chunks.NC, HV // H
         inputs = op.kernel_inputs(raw, meta)
         do = do.contiguous()
         f32 = dict(dtype=torch.float32, device=q.device)
@@ -147,7 +167,7 @@ class _Chunked(torch.autograd.Function):
         h, _ = _states(op, meta, q, k, v, h0, inputs, chunks, BT, DT, hdtype, False)
         dh = torch.empty_like(h)
         dh0 = torch.empty(N, HV, K, V, **f32) if h0 is not None else None
-        BK, BV, W = tiles("h", K, V, op.module.DECAY)
+        BK, BV, W = tiles("dh", K, V, op.module.DECAY)
         kern["chunk_bwd_dh"][(triton.cdiv(K, BK) * triton.cdiv(V, BV), N * HV)](
             q, do, *inputs, dh, dht.contiguous() if dht is not None else None, dh0, cu, chunks.offsets,
             meta["scale"], T,

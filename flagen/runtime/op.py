@@ -17,7 +17,6 @@ from flagen.runtime.chunked import _Chunked
 from flagen.runtime.gradients import raw_gradients
 
 DEFAULT_CHECKPOINT_INTERVAL = 64
-DEFAULT_CHUNK_SIZE = 64
 
 
 def _tiles(K: int, V: int, budget: int) -> tuple[int, int, int]:
@@ -179,15 +178,16 @@ class RecurrentOp:
                          output_final_state, cu_seqlens, reverse, inputs)
 
     def chunk(self, q, k, v, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None,
-              reverse=False, chunk_size=DEFAULT_CHUNK_SIZE, **inputs):
+              reverse=False, chunk_size=None, **inputs):
         """Chunk by chunk (the chunked kernels): for training and prefill. Same arguments and
-        results as calling the op; ``chunk_size`` is 16, 32, 64 (default) or 128 tokens."""
+        results as calling the op; ``chunk_size`` is 16, 32, 64 or 128 tokens, or None for
+        each pass's default (``flagen.runtime.chunked.chunk_sizes``)."""
         if not self.module.CHUNKED:
             raise NotImplementedError(f"{self.name}: no chunked kernels yet for recurrences with the delta rule "
                                       "or a low-rank transition; call the op (fused recurrent) instead")
-        if chunk_size not in (16, 32, 64, 128):
-            raise ValueError(f"`chunk_size` must be 16, 32, 64 or 128, got {chunk_size!r}")
-        return self._run(_Chunked, dict(chunk_size=int(chunk_size)), q, k, v, scale, initial_state,
+        if chunk_size not in (None, 16, 32, 64, 128):
+            raise ValueError(f"`chunk_size` must be 16, 32, 64 or 128 (or None), got {chunk_size!r}")
+        return self._run(_Chunked, dict(chunk_size=chunk_size and int(chunk_size)), q, k, v, scale, initial_state,
                          output_final_state, cu_seqlens, reverse, inputs)
 
     def _run(self, function, options, q, k, v, scale, initial_state, output_final_state, cu_seqlens, reverse,
