@@ -84,6 +84,7 @@ class Chunks:
     ``indices`` [NC, 2] gives (sequence, chunk in sequence) per slot, ``offsets`` [N + 1]
     each sequence's first slot, and the grid is (NC, HV)."""
 
+    BT: int
     NC: int
     grid: tuple[int, int]
     indices: torch.Tensor | None
@@ -93,14 +94,14 @@ class Chunks:
     def of(lens: list[int], varlen: bool, B: int, T: int, HV: int, BT: int, device) -> "Chunks":
         if not varlen:
             NT = triton.cdiv(T, BT)
-            return Chunks(B * NT, (NT, B * HV), None, None)
+            return Chunks(BT, B * NT, (NT, B * HV), None, None)
         counts = torch.tensor([triton.cdiv(n, BT) for n in lens], dtype=torch.int64)
         offsets = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
         NC = int(offsets[-1])
         seq = torch.repeat_interleave(torch.arange(len(lens)), counts)
         within = torch.arange(NC) - offsets[:-1].repeat_interleave(counts)
         indices = torch.stack([seq, within], 1).to(torch.int32)
-        return Chunks(NC, (NC, HV), indices.to(device, non_blocking=True),
+        return Chunks(BT, NC, (NC, HV), indices.to(device, non_blocking=True),
                       offsets.to(torch.int32).to(device, non_blocking=True))
 
 
@@ -145,7 +146,7 @@ class _Chunked(torch.autograd.Function):
             )
         if meta["needs_grad"]:
             ctx.save_for_backward(q, k, v, h0, *raw)
-            ctx.op, ctx.meta = op, meta
+            ctx.op, ctx.meta, ctx.chunks = op, meta, chunks
         return o, ht
 
     @staticmethod
@@ -158,7 +159,8 @@ class _Chunked(torch.autograd.Function):
         BT = chunk_sizes(op.module, meta["chunk_size"])[1]
         DT, hdtype = dot_dtype(q.dtype)
         cu, varlen = meta["cu"], meta["cu"] is not None
-        chunks = Chunks.of(meta["lens"], varlen, B, T, HV, BT, q.device)
+        # the forward's chunk layout when both passes use the same chunk size (no host work again)
+        chunks = ctx.chunks if ctx.chunks.BT == BT else Chunks.of(meta["lens"], varlen, B, T, HV, BT, q.device)
         N, NT, NC, G = meta["N"], B * T, chunks.NC, HV // H
         inputs = op.kernel_inputs(raw, meta)
         do = do.contiguous()
