@@ -20,8 +20,16 @@ import sys
 import time
 
 SHAPES = [(4, 2048, 16, 128), (2, 16384, 16, 128)]  # B, T, H, D
-OPS = ["chunk_retention", "chunk_simple_gla", "chunk_gla", "chunk_linear_attn", "chunk_lightning_attn",
-       "chunk_rwkv6"]
+# "+normalize": chunk_linear_attn with normalize=True, on positive (elu + 1) q and k
+OPS = ["chunk_retention", "chunk_simple_gla", "chunk_gla", "chunk_linear_attn", "chunk_linear_attn+normalize",
+       "chunk_lightning_attn", "chunk_rwkv6"]
+
+
+def fla_function(name):
+    """The fla.ops function that op ``name`` of OPS calls (from whichever `fla` is imported)."""
+    import importlib
+    function = name.split("+")[0]
+    return getattr(importlib.import_module(f"fla.ops.{function[len('chunk_'):]}"), function)
 
 
 def make_inputs(name, B, T, H, D, torch, F):
@@ -32,6 +40,8 @@ def make_inputs(name, B, T, H, D, torch, F):
         return torch.randn(*s, device=dev, dtype=dt, generator=gen)
 
     q, k, v = rnd(B, T, H, D), rnd(B, T, H, D), rnd(B, T, H, D)
+    if name == "chunk_linear_attn+normalize":
+        q, k = F.elu(q) + 1, F.elu(k) + 1
     grads = [q, k, v]
     kw = {}
     if name == "chunk_simple_gla":
@@ -44,8 +54,8 @@ def make_inputs(name, B, T, H, D, torch, F):
         kw["w"] = (F.logsigmoid(torch.randn(B, T, H, D, device=dev, generator=gen)) / 16).to(dt)
         kw["u"] = torch.randn(H, D, device=dev, generator=gen).to(dt)
         grads += [kw["w"], kw["u"]]
-    elif name == "chunk_linear_attn":
-        kw["normalize"] = False
+    elif name.startswith("chunk_linear_attn"):
+        kw["normalize"] = name.endswith("+normalize")
     elif name == "chunk_lightning_attn":
         kw.update(layer_idx=0, num_layers=4)
     for x in grads:
@@ -55,12 +65,10 @@ def make_inputs(name, B, T, H, D, torch, F):
 
 
 def bench_fla(args, torch, F, bench):
-    import importlib
     results = []
     for name in args.ops.split(","):
-        family = name[len("chunk_"):]
         try:
-            fn = getattr(importlib.import_module(f"fla.ops.{family}"), name)
+            fn = fla_function(name)
         except Exception as e:  # noqa: BLE001 - report what is missing and go on
             results.append(dict(op=name, error=f"import: {e!r}"))
             continue

@@ -9,13 +9,13 @@ forward+backward times. Tile sweeps: benchmarks/tune_chunk.py.
 from __future__ import annotations
 
 import argparse
-import importlib
 
 import torch
 import torch.nn.functional as F
 from triton.testing import do_bench
 
-from benchmarks.bench_chunk import make_inputs
+from benchmarks.bench_chunk import fla_function, make_inputs
+
 
 def main():
     p = argparse.ArgumentParser()
@@ -24,7 +24,7 @@ def main():
     args = p.parse_args()
     B, T, H, D = (int(x) for x in args.shape.split(","))
     for name in args.ops.split(","):
-        fn = getattr(importlib.import_module(f"fla.ops.{name[len('chunk_'):]}"), name)
+        fn = fla_function(name)
         a, kw, grads = make_inputs(name, B, T, H, D, torch, F)
         do = torch.randn_like(a["v"])
 

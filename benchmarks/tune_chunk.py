@@ -16,7 +16,6 @@ winner goes into TILES only after tests/run_gpu.sh passes with it.
 from __future__ import annotations
 
 import argparse
-import importlib
 import itertools
 import json
 import multiprocessing as mp
@@ -47,8 +46,8 @@ def _setup(name: str, B: int, T: int, H: int, D: int, chunk_size: int | None = N
     import torch
     import torch.nn.functional as F
 
-    from benchmarks.bench_chunk import make_inputs
-    fn = getattr(importlib.import_module(f"fla.ops.{name[len('chunk_'):]}"), name)
+    from benchmarks.bench_chunk import fla_function, make_inputs
+    fn = fla_function(name)
     a, kw, grads = make_inputs(name, B, T, H, D, torch, F)
     if chunk_size:
         kw["chunk_size"] = chunk_size

@@ -369,3 +369,31 @@ def test_decode_with_token_axis_rejects_unexpected_input(op, step):
     a = {n: (x[:, None] if n in ("q", "k", "v", "g", "beta") else x) for n, x in step.items()}
     with pytest.raises(ERR, match="foo"):
         _decode(op, dict(a, foo=a["g"]))
+
+
+def test_decode_normaliser_state_is_a_pair(step):
+    """Linear attention with the normaliser decodes from (S, z) pairs, updated in place; a bare
+    S (which would silently drop the normaliser) or a malformed z is refused, and a pair is
+    refused where there is no normaliser."""
+    normalized, plain = get_op("linear_attn_normalized"), get_op("linear_attn")
+    q, k, v = (step[n] for n in ("q", "k", "v"))
+    S, z = step["state"], torch.rand(B, HV, K, device=DEVICE)
+    with pytest.raises(ERR, match="`state`"):
+        normalized.decode(q, k, v, S)
+    with pytest.raises(ERR, match=r"`state\[1\]`"):
+        normalized.decode(q, k, v, (S, torch.zeros(B, HV, K + 1, device=DEVICE)))
+    with pytest.raises(ERR, match=r"`state\[1\]`"):
+        normalized.decode(q, k, v, (S, z.double()))
+    with pytest.raises(ERR, match="`state`"):
+        plain.decode(q, k, v, (S, z))
+    # the good call: o = (S + k v^T)^T q scale / (scale q . (z + k))
+    S0, z0 = S.clone(), z.clone()
+    o = normalized.decode(q, k, v, (S, z))
+    kh, qh = k.repeat_interleave(HV // H, 1), q.repeat_interleave(HV // H, 1)
+    S1 = S0 + kh[..., None] * v[..., None, :]
+    z1 = z0 + kh
+    scale = K ** -0.5
+    ref = torch.einsum("nhk,nhkv->nhv", qh, S1) * scale / ((qh * z1).sum(-1, keepdim=True) * scale + 1e-10)
+    torch.testing.assert_close(o, ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(S, S1)
+    torch.testing.assert_close(z, z1)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from flagen import reference
 from flagen.ir.library import BUILTINS
@@ -27,23 +28,35 @@ def _inputs(spec, B, T, HV, K, gen, lo, hi):
 
 
 def _check(variant, q, k, v, h0, inputs, gen, **call):
-    """The chunked op against the float64 reference: output, final state, every gradient."""
+    """The chunked op against the float64 reference: output, final state, every gradient
+    (through the output and the final state). With the normaliser, q and k are made positive
+    (elu + 1, as normalised linear attention uses) and states are (S, z) pairs."""
     spec = BUILTINS[variant]
+    names = ["q", "k", "v", "h0", *inputs]
     leaves = [q, k, v, h0, *inputs.values()]
+    if spec.normalize:
+        q, k = ((F.elu(x.float()) + 1).to(x.dtype) for x in (q, k))
+        z0 = torch.rand(h0.shape[:-1], generator=gen, device="cuda") * 10
+        names, leaves, h0 = names + ["z0"], [q, k, v, h0, *inputs.values(), z0], (h0, z0)
     for x in leaves:
         x.requires_grad_(True)
     o, ht = get_op(variant).chunk(q, k, v, initial_state=h0, output_final_state=True, **inputs, **call)
     ro, rht = reference.run(spec, q, k, v, initial_state=h0, output_final_state=True, **inputs)
     close("o", o, ro, TOL)
-    close("final_state", ht, rht, STATE_TOL)
+    ht, rht = (ht, rht) if spec.normalize else ((ht,), (rht,))
     do = torch.randn(o.shape, generator=gen, device="cuda", dtype=torch.float64)
-    ours = torch.autograd.grad((o.double() * do).sum(), leaves)
-    theirs = torch.autograd.grad((ro * do).sum(), leaves)
-    for name, a, b in zip(["q", "k", "v", "h0", *inputs], ours, theirs):
+    loss, rloss = (o.double() * do).sum(), (ro * do).sum()
+    for a, b in zip(ht, rht):
+        close("final_state", a, b, STATE_TOL)
+        dS = torch.randn(a.shape, generator=gen, device="cuda", dtype=torch.float64)
+        loss, rloss = loss + (a.double() * dS).sum(), rloss + (b * dS).sum()
+    ours = torch.autograd.grad(loss, leaves)
+    theirs = torch.autograd.grad(rloss, leaves)
+    for name, a, b in zip(names, ours, theirs):
         close(f"d{name}", a, b, TOL)
 
 
-@pytest.mark.parametrize("variant", ["simple_gla", "gla", "retention", "rwkv6"])
+@pytest.mark.parametrize("variant", ["simple_gla", "gla", "retention", "rwkv6", "linear_attn_normalized"])
 def test_long_sequence_fwd_bwd(variant):
     spec = BUILTINS[variant]
     gen = torch.Generator(device="cuda").manual_seed(0)
@@ -84,7 +97,7 @@ SWEEP += [(48, 100, 32), (48, 100, 128)]
 
 
 @pytest.mark.parametrize("K,V,chunk_size", SWEEP, ids=[f"K{k}_V{v}_BT{bt}" for k, v, bt in SWEEP])
-@pytest.mark.parametrize("variant", ["linear_attn", "simple_gla", "gla", "rwkv6"])
+@pytest.mark.parametrize("variant", ["linear_attn", "linear_attn_normalized", "simple_gla", "gla", "rwkv6"])
 def test_head_dims_and_chunk_sizes(variant, K, V, chunk_size):
     spec = BUILTINS[variant]
     gen = torch.Generator(device="cuda").manual_seed(0)

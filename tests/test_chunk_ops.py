@@ -27,7 +27,7 @@ def test_against_reference(family, config):
 
 
 @pytest.mark.parametrize("chunk_size", [16, 32, 128])
-@pytest.mark.parametrize("family", ["simple_gla", "gla", "rwkv6"])
+@pytest.mark.parametrize("family", ["simple_gla", "gla", "rwkv6", "linear_attn_normalized"])
 def test_chunk_sizes(family, chunk_size):
     """Several chunks per sequence, a last chunk that ends mid-way, varlen with an empty sequence."""
     run_case(family, Shape(B=1, T=150, H=1, HV=1, K=20, V=24), True, [0, 61, 61, 150], True, chunk=True,
@@ -53,7 +53,7 @@ def test_chunked_equals_recurrent(family):
         close(f"grad {name}", a, b.float(), TOL)
 
 
-@pytest.mark.parametrize("family", ["simple_gla", "gla", "rwkv6", "retention"])
+@pytest.mark.parametrize("family", ["simple_gla", "gla", "rwkv6", "retention", "linear_attn_normalized"])
 @pytest.mark.parametrize("t", [5, 21])
 def test_causality(family, t):
     """Changing inputs at positions >= t (gates included) changes neither the outputs before t

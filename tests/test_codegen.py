@@ -111,6 +111,22 @@ def test_header_names_ir_and_template_hash(name):
     assert committed.startswith(header)
 
 
+def test_normaliser_is_specialised_into_the_kernels():
+    """Linear attention's normaliser comes from the IR through the templates: the normalised
+    variant's forward kernels divide by the divisor and its backward starts from its own
+    kernel; no other module carries any of it (no dead branches)."""
+    for name, spec in BUILTINS.items():
+        src = render.render(spec).split("\nimport triton", 1)[1]  # past the header (it lists templates)
+        kernels = src.split("KERNELS = {", 1)[1]
+        if spec.normalize:
+            for kernel in ("recurrent_fwd", "decode_step", "chunk_fwd_o"):
+                body = src.split(f"def {name}_{kernel}(", 1)[1].split("@triton.jit", 1)[0]
+                assert "b_o = b_o / b_den" in body, f"{name}_{kernel} does not divide by the divisor"
+            assert '"normalizer_bwd"' in kernels
+        else:
+            assert "b_den" not in src and "b_dz" not in src and "normalizer_bwd" not in src, name
+
+
 def test_template_hash_is_hex_and_stable():
     h = render.template_hash()
     assert len(h) == 16 and int(h, 16) >= 0

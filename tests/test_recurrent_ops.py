@@ -76,9 +76,10 @@ def run_case(family, shape, use_h0, cu, strong, seed=0, chunk=False, **call):
     do = torch.randn(o.shape, generator=gen, dtype=torch.float64).to(DEVICE)
     loss, rloss = (o.double() * do).sum(), (ro * do).sum()
     if ht is not None:
-        S, rS = (ht[0], rht[0]) if isinstance(ht, tuple) else (ht, rht)
-        dS = torch.randn(S.shape, generator=gen, dtype=torch.float64).to(DEVICE)
-        loss, rloss = loss + (S.double() * dS).sum(), rloss + (rS * dS).sum()
+        # through the final state too (both parts of the normaliser's (S, z) pair)
+        for S, rS in zip(ht if isinstance(ht, tuple) else (ht,), rht if isinstance(rht, tuple) else (rht,)):
+            dS = torch.randn(S.shape, generator=gen, dtype=torch.float64).to(DEVICE)
+            loss, rloss = loss + (S.double() * dS).sum(), rloss + (rS * dS).sum()
     names = list(leaves) + [f"initial_state{i}" for i in range(len(h0_leaves))]
     tensors = list(leaves.values()) + h0_leaves
     ours = torch.autograd.grad(loss, tensors, allow_unused=True)
@@ -143,23 +144,29 @@ def test_causality(family):
     assert not torch.equal(o[:, t:], o2[:, t:])
 
 
-@pytest.mark.parametrize("family", ["gated_delta_rule", "kda_gate", "rwkv6", "dplr", "simple_gla_gamma", "retention"])
+@pytest.mark.parametrize("family", ["gated_delta_rule", "kda_gate", "rwkv6", "dplr", "simple_gla_gamma", "retention",
+                                    "linear_attn_normalized"])
 def test_decode_matches_forward(family):
-    """Token-by-token decode steps, updating states in place, reproduce the sequence forward."""
+    """Token-by-token decode steps, updating states in place, reproduce the sequence forward
+    (with the normaliser, the state is an (S, z) pair and V spans several of the forward's tiles)."""
     from flagen.runtime.op import get_op
-    fn, kwargs, variant, ref_map = make_case(family, Shape(B=3, T=5, H=1, HV=2, K=20, V=12), strong=True)
+    V = 100 if family == "linear_attn_normalized" else 12
+    fn, kwargs, variant, ref_map = make_case(family, Shape(B=3, T=5, H=1, HV=2, K=20, V=V), strong=True)
     op = get_op(variant)
     q, k, v = qkv(kwargs)
     inputs = reference_inputs(kwargs, ref_map)
     scale = 1.0 if family == "rwkv7" else None
     o_ref, h_ref = op(q, k, v, scale=scale, output_final_state=True, **inputs)
-    state = torch.zeros(3, 2, 20, 12, device=DEVICE)
+    state = torch.zeros(3, 2, 20, V, device=DEVICE)
+    if op.module.NORMALIZE:
+        state = (state, torch.zeros(3, 2, 20, device=DEVICE))
     outs = []
     for t in range(5):
         step = {n: (x[:, t] if torch.is_tensor(x) and x.dim() >= 3 else x) for n, x in inputs.items()}
         outs.append(op.decode(q[:, t], k[:, t], v[:, t], state, scale=scale, **step))
     close("o", torch.stack(outs, 1), o_ref, TOL)
-    close("state", state, h_ref, STATE_TOL)
+    for a, b in zip(state if isinstance(state, tuple) else (state,), h_ref if isinstance(h_ref, tuple) else (h_ref,)):
+        close("state", a, b, STATE_TOL)
 
 
 def test_decode_state_indices():

@@ -17,6 +17,7 @@ import triton
 import triton.language as tl
 
 from flagen.runtime.gradients import raw_gradients
+from flagen.runtime.normalizer import divisor_gradients
 
 # Tiles and launch options per kernel, as (BK cap, BV cap, num_warps[, num_stages]); head
 # dims round up to powers of two below the caps. (Per-GPU tuning belongs to the autotuning
@@ -109,25 +110,32 @@ def _sub_chunk(op) -> dict:
     return {"BC": SUB_CHUNK} if op.module.DECAY == "key" else {}
 
 
-def _states(op, meta, q, k, v, h0, inputs, chunks, BT, DT, hdtype, store_ht):
-    """Run chunk_fwd_h: the states at every chunk start (and the final state)."""
+def _states(op, meta, q, k, v, h0, z0, inputs, chunks, BT, DT, hdtype, store_ht):
+    """Run chunk_fwd_h: (h, final state, z, final z), the states at every chunk start and the
+    final state; with the normaliser also the sums of keys z at every chunk start (else None)."""
     B, T, H, K = q.shape
     HV, V = v.shape[2], v.shape[3]
     N = meta["N"]
     BK, BV, W = tiles("h", K, V, op.module.DECAY)
     h = q.new_empty(chunks.NC, HV, K, V, dtype=hdtype)
     ht = q.new_empty(N, HV, K, V, dtype=torch.float32) if store_ht else None
+    z = zt = None
+    norm = {}
+    if op.module.NORMALIZE:
+        z = q.new_empty(chunks.NC, HV, K, dtype=torch.float32)
+        zt = q.new_empty(N, HV, K, dtype=torch.float32) if store_ht else None
+        norm = dict(z=z, z0=z0, zt=zt, USE_Z0=z0 is not None)
     op.module.KERNELS["chunk_fwd_h"][(triton.cdiv(K, BK) * triton.cdiv(V, BV), N * HV)](
-        k, v, *inputs, h, h0, ht, meta["cu"], chunks.offsets, T,
+        k, v, *inputs, h, h0, ht, meta["cu"], chunks.offsets, T, **norm,
         H=H, HV=HV, K=K, V=V, BT=BT, BK=BK, BV=BV, DT=DT,
         USE_H0=h0 is not None, STORE_HT=store_ht, IS_VARLEN=meta["cu"] is not None, **W,
     )
-    return h, ht
+    return h, ht, z, zt
 
 
 class _Chunked(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, op, meta, q, k, v, h0, *raw):
+    def forward(ctx, op, meta, q, k, v, h0, z0, *raw):
         kern = op.module.KERNELS
         B, T, H, K = q.shape
         HV, V = v.shape[2], v.shape[3]
@@ -135,25 +143,29 @@ class _Chunked(torch.autograd.Function):
         DT, hdtype = dot_dtype(q.dtype)
         chunks = Chunks.of(meta["lens"], meta["cu"] is not None, B, T, HV, BT, q.device)
         inputs = op.kernel_inputs(raw, meta)
-        h, ht = _states(op, meta, q, k, v, h0, inputs, chunks, BT, DT, hdtype, meta["output_final_state"])
+        h, ht, z, zt = _states(op, meta, q, k, v, h0, z0, inputs, chunks, BT, DT, hdtype,
+                               meta["output_final_state"])
         o = torch.empty_like(v)
+        # with the normaliser, every token's divisor (for the backward)
+        den = torch.empty(B, T, HV, dtype=torch.float32, device=q.device) if z is not None else None
         if chunks.NC:
             BK, BV, W = tiles("o", K, V, op.module.DECAY)
             kern["chunk_fwd_o"][(*chunks.grid, triton.cdiv(V, BV))](
                 q, k, v, *inputs, h, o, meta["cu"], chunks.indices, meta["scale"], T,
+                **(dict(z=z, den=den) if z is not None else {}),
                 H=H, HV=HV, K=K, V=V, BT=BT, BK=BK, BV=BV, DT=DT, IS_VARLEN=meta["cu"] is not None,
                 **W, **_sub_chunk(op),
             )
         if meta["needs_grad"]:
-            ctx.save_for_backward(q, k, v, h0, *raw)
+            ctx.save_for_backward(q, k, v, h0, z0, o if den is not None else None, den, *raw)
             ctx.op, ctx.meta, ctx.chunks = op, meta, chunks
-        return o, ht
+        return o, ht, zt
 
     @staticmethod
-    def backward(ctx, do, dht):
+    def backward(ctx, do, dht, dzt):
         op, meta = ctx.op, ctx.meta
         kern = op.module.KERNELS
-        q, k, v, h0, *raw = ctx.saved_tensors
+        q, k, v, h0, z0, o, den, *raw = ctx.saved_tensors
         B, T, H, K = q.shape
         HV, V = v.shape[2], v.shape[3]
         BT = chunk_sizes(op.module, meta["chunk_size"])[1]
@@ -166,13 +178,22 @@ class _Chunked(torch.autograd.Function):
         do = do.contiguous()
         f32 = dict(dtype=torch.float32, device=q.device)
 
-        h, _ = _states(op, meta, q, k, v, h0, inputs, chunks, BT, DT, hdtype, False)
+        h, _, z, _ = _states(op, meta, q, k, v, h0, z0, inputs, chunks, BT, DT, hdtype, False)
         dh = torch.empty_like(h)
         dh0 = torch.empty(N, HV, K, V, **f32) if h0 is not None else None
+        dz0 = None
+        norm_dh = norm_dqk = {}
+        if z is not None:  # the normaliser: gradients of the undivided output and of the divisors
+            do, w = divisor_gradients(op.module, do, o, den, meta["scale"])
+            dz = torch.empty_like(z)
+            dz0 = torch.empty(N, HV, K, **f32) if z0 is not None else None
+            norm_dh = dict(w=w, dz=dz, dzt=dzt.contiguous() if dzt is not None else None, dz0=dz0,
+                           USE_DZT=dzt is not None, STORE_DZ0=dz0 is not None)
+            norm_dqk = dict(w=w, z=z, dz=dz)
         BK, BV, W = tiles("dh", K, V, op.module.DECAY)
         kern["chunk_bwd_dh"][(triton.cdiv(K, BK) * triton.cdiv(V, BV), N * HV)](
             q, do, *inputs, dh, dht.contiguous() if dht is not None else None, dh0, cu, chunks.offsets,
-            meta["scale"], T,
+            meta["scale"], T, **norm_dh,
             H=H, HV=HV, K=K, V=V, BT=BT, BK=BK, BV=BV, DT=DT,
             USE_DHT=dht is not None, STORE_DH0=dh0 is not None, IS_VARLEN=varlen, **W,
         )
@@ -195,7 +216,7 @@ class _Chunked(torch.autograd.Function):
             )
             kern["chunk_bwd_dqk"][(*chunks.grid, NK)](
                 q, k, v, *inputs, h, do, dh, dq, dk, *grads.values(), cu, chunks.indices, meta["scale"], T, NT, NC,
-                H=H, HV=HV, K=K, V=V, BT=BT, BK=BKq, BV=BVq, DT=DT, IS_VARLEN=varlen, **Wq,
+                **norm_dqk, H=H, HV=HV, K=K, V=V, BT=BT, BK=BKq, BV=BVq, DT=DT, IS_VARLEN=varlen, **Wq,
                 **_sub_chunk(op),
             )
         else:  # no tokens at all
@@ -209,4 +230,5 @@ class _Chunked(torch.autograd.Function):
         raw_grads = raw_gradients(op, raw, grads,
                                   {"token": (0,), "token_key": (), "head": (0, 1), "head_key": (0,)})
         dh0 = dh0.to(h0.dtype) if dh0 is not None else None
-        return (None, None, dq, dk, dv, dh0, *raw_grads)
+        dz0 = dz0.to(z0.dtype) if dz0 is not None else None
+        return (None, None, dq, dk, dv, dh0, dz0, *raw_grads)

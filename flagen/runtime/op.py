@@ -1,8 +1,9 @@
 """Calling generated kernels: checks, allocation, launch, autograd, decoding.
 
 A generated module carries its kernels (``KERNELS``) and the metadata the runtime needs
-(``INPUTS``: raw inputs as (name, shape) in kernel-argument order, ``GRADS``, ``NORMALIZE``),
-so calling a built-in needs no IR, Jinja or sympy.
+(``INPUTS``: raw inputs as (name, shape) in kernel-argument order, ``GRADS``, ``NORMALIZE``:
+whether the kernels take the normaliser's buffers), so calling a built-in needs no IR, Jinja
+or sympy.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import triton
 from flagen.runtime import checks
 from flagen.runtime.chunked import _Chunked
 from flagen.runtime.gradients import raw_gradients
+from flagen.runtime.normalizer import divisor_gradients
 
 DEFAULT_CHECKPOINT_INTERVAL = 64
 
@@ -37,7 +39,7 @@ def _input_what(kind: str) -> str:
 
 class _Recurrent(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, op, meta, q, k, v, h0, *raw):
+    def forward(ctx, op, meta, q, k, v, h0, z0, *raw):
         kern = op.module.KERNELS
         B, T, H, K = q.shape
         HV, V = v.shape[2], v.shape[3]
@@ -50,22 +52,31 @@ class _Recurrent(torch.autograd.Function):
         ckpt = q.new_empty(max(1, sum(ckpt_counts)), HV, K, V, dtype=torch.float32) if needs_grad else None
         o = torch.empty_like(v)
         ht = q.new_empty(N, HV, K, V, dtype=torch.float32) if meta["output_final_state"] else None
+        zt = zckpt = den = None
+        norm = {}
+        if op.module.NORMALIZE:  # the sum of keys beside the state; every token's divisor
+            f32 = dict(dtype=torch.float32, device=q.device)
+            zt = torch.empty(N, HV, K, **f32) if ht is not None else None
+            zckpt = torch.empty(max(1, sum(ckpt_counts)), HV, K, **f32) if needs_grad else None
+            den = torch.empty(B, T, HV, **f32)
+            norm = dict(z0=z0, zt=zt, zckpt=zckpt, den=den, USE_Z0=z0 is not None)
         kern["fwd"][(N * HV, NV)](
             q, k, v, *op.kernel_inputs(raw, meta),
             o, h0, ht, ckpt, offsets, cu,
-            meta["scale"], T,
+            meta["scale"], T, **norm,
             H=H, HV=HV, K=K, V=V, BK=BK, BV=BV, CKPT=CKPT,
             USE_H0=h0 is not None, STORE_HT=ht is not None, STORE_CKPT=needs_grad, IS_VARLEN=cu is not None,
         )
         if needs_grad:
-            ctx.save_for_backward(q, k, v, h0, ckpt, offsets, cu, *raw)
+            ctx.save_for_backward(q, k, v, h0, z0, ckpt, offsets, cu, o if den is not None else None, den, zckpt,
+                                  *raw)
             ctx.op, ctx.meta = op, meta
-        return o, ht
+        return o, ht, zt
 
     @staticmethod
-    def backward(ctx, do, dht):
+    def backward(ctx, do, dht, dzt):
         op, meta = ctx.op, ctx.meta
-        q, k, v, h0, ckpt, offsets, cu, *raw = ctx.saved_tensors
+        q, k, v, h0, z0, ckpt, offsets, cu, o, den, zckpt, *raw = ctx.saved_tensors
         B, T, H, K = q.shape
         HV, V = v.shape[2], v.shape[3]
         N, NT = meta["N"], B * T
@@ -83,12 +94,18 @@ class _Recurrent(torch.autograd.Function):
                          "head": (NV, N, HV), "head_key": (NV, N, HV, K)}[kind]
                 grads[name] = torch.empty(shape, **f32)
         dh0 = torch.empty(N, HV, K, V, **f32) if h0 is not None else None
+        dz0 = torch.empty(N, HV, K, **f32) if z0 is not None else None
+        norm = {}
+        if op.module.NORMALIZE:  # the gradients of the undivided output and of the divisors
+            do, w = divisor_gradients(op.module, do, o, den, meta["scale"])
+            norm = dict(w=w, zckpt=zckpt, dzt=dzt.contiguous() if dzt is not None else None, dz0=dz0,
+                        USE_DZT=dzt is not None, STORE_DZ0=dz0 is not None)
         op.module.KERNELS["bwd"][(N * HV, NV)](
             q, k, v, *op.kernel_inputs(raw, meta),
             do.contiguous(), dht.contiguous() if dht is not None else None, dq, dk, dv,
             *grads.values(), dh0,
             ckpt, offsets, scratch, cu,
-            meta["scale"], T, NT, N,
+            meta["scale"], T, NT, N, **norm,
             H=H, HV=HV, K=K, V=V, BK=BK, BV=BV, NV=NV, CKPT=CKPT,
             USE_DHT=dht is not None, STORE_DH0=dh0 is not None, IS_VARLEN=cu is not None,
         )
@@ -99,7 +116,8 @@ class _Recurrent(torch.autograd.Function):
         raw_grads = raw_gradients(op, raw, grads,
                                   {"token": (0,), "token_key": (0,), "head": (0, 1), "head_key": (0, 1)})
         dh0 = dh0.to(h0.dtype) if dh0 is not None else None
-        return (None, None, dq, dk, dv, dh0, *raw_grads)
+        dz0 = dz0.to(z0.dtype) if dz0 is not None else None
+        return (None, None, dq, dk, dv, dh0, dz0, *raw_grads)
 
 
 def _l2norm(x):
@@ -208,17 +226,17 @@ class RecurrentOp:
             q, k = _l2norm(q), _l2norm(k)
         raw = [inputs[n] for n, kind in self.module.INPUTS if kind != "const"]
         consts = {n: float(inputs[n]) for n, kind in self.module.INPUTS if kind == "const"}
-        tensors = (q, k, v, initial_state, *raw)
+        tensors = (q, k, v, initial_state, z0, *raw)
         needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
         meta = dict(N=N, lens=seq_lens, cu=cu_seqlens, scale=scale, consts=consts, needs_grad=needs_grad,
                     output_final_state=bool(output_final_state), **options)
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         h0 = initial_state.contiguous() if initial_state is not None else None
         raw = [x.contiguous() for x in raw]
-        o, ht = function.apply(self, meta, q, k, v, h0, *raw)
-        if self.module.NORMALIZE:
-            o, z = _normalize(o, q, k, scale, z0, seq_lens, cu_seqlens is not None)
-            ht = (ht, z) if output_final_state else None
+        z0 = z0.contiguous() if z0 is not None else None
+        o, ht, zt = function.apply(self, meta, q, k, v, h0, z0, *raw)
+        if self.module.NORMALIZE and ht is not None:
+            ht = (ht, zt)
         if reverse:
             o = flip(o)
         return o, ht
@@ -226,7 +244,8 @@ class RecurrentOp:
     def decode(self, q, k, v, state, scale=None, state_indices=None, **inputs):
         """One generation step: q, k [N, H, K] (or [N, 1, H, K]), v [N, HV, V] (or [N, 1, HV, V]),
         per-token inputs [N, HV(, K)] (or with the 1); updates ``state`` [S, HV, K, V] (fp32)
-        in place at slots ``state_indices`` [N] (default 0..N-1). Returns o shaped like v."""
+        in place at slots ``state_indices`` [N] (default 0..N-1). Returns o shaped like v.
+        With the normaliser (linear attention), ``state`` is an (S, z) pair, z [S, HV, K] fp32."""
         squeeze = q.dim() == 4
         if squeeze:
             if q.shape[1] != 1:
@@ -241,9 +260,21 @@ class RecurrentOp:
         self._check(q4, k4, v4, in4, None, None)
         N, H, K = q.shape
         HV, V = v.shape[1], v.shape[2]
+        state_z = None
+        if self.module.NORMALIZE:
+            if not isinstance(state, tuple) or len(state) != 2:
+                raise TypeError("`state` must be an (S, z) pair for the normaliser: S [S, HV, K, V], z [S, HV, K]")
+            state, state_z = state
+        elif isinstance(state, tuple):
+            raise TypeError("`state` must be a tensor (an (S, z) pair is for the normaliser)")
         checks.tensor("state", state, ndim=4, device=q.device, dtypes=(torch.float32,))
         if tuple(state.shape[1:]) != (HV, K, V) or not state.is_contiguous():
             raise ValueError(f"`state` must be a contiguous fp32 tensor [S, {HV}, {K}, {V}], got {tuple(state.shape)}")
+        if state_z is not None:
+            checks.tensor("state[1]", state_z, ndim=3, device=q.device, dtypes=(torch.float32,))
+            if tuple(state_z.shape) != (state.shape[0], HV, K) or not state_z.is_contiguous():
+                raise ValueError(f"`state[1]` (z) must be a contiguous fp32 tensor [{state.shape[0]}, {HV}, {K}], "
+                                 f"got {tuple(state_z.shape)}")
         if state_indices is not None:
             checks.tensor("state_indices", state_indices, ndim=1, device=q.device, dtypes=(torch.int32, torch.int64))
             if state_indices.numel() != N:
@@ -254,10 +285,14 @@ class RecurrentOp:
         raw = [inputs[n].contiguous() for n, kind in self.module.INPUTS if kind != "const"]
         meta = {"consts": {n: float(inputs[n]) for n, kind in self.module.INPUTS if kind == "const"}}
         BK, BV, NV = _tiles(K, V, 8192)
+        norm = {}
+        if state_z is not None:  # one program per state head reads and writes z
+            BV, NV = max(16, triton.next_power_of_2(V)), 1
+            norm = dict(state_z=state_z)
         o = torch.empty_like(v)
         self.module.KERNELS["decode"][(N * HV, NV)](
             q.contiguous(), k.contiguous(), v.contiguous(), *self.kernel_inputs(raw, meta),
-            o, state, state_indices, scale,
+            o, state, state_indices, scale, **norm,
             H=H, HV=HV, K=K, V=V, BK=BK, BV=BV, USE_INDICES=state_indices is not None,
         )
         return o.unsqueeze(1) if squeeze else o
@@ -278,38 +313,6 @@ class _Flip:
 
     def __call__(self, x):
         return x.index_select(1, self.index)
-
-
-def _normalize(o, q, k, scale, z0, seq_lens, varlen):
-    """Linear attention's normaliser: o_t / (scale q_t . z_t), z_t = z0 + sum_{s<=t} k_s,
-    per sequence; returns the normalised output and the final z [N, HV, K]."""
-    B, T, H, K = q.shape
-    HV = o.shape[2]
-    G = HV // H
-    qf, kf = q.float(), k.float()
-    if varlen:
-        seg = torch.repeat_interleave(torch.arange(len(seq_lens), device=q.device),
-                                      torch.tensor(seq_lens, device=q.device))
-        kc = kf[0].cumsum(0)                                     # [T, H, K]
-        starts = torch.tensor([0] + list(torch.tensor(seq_lens).cumsum(0)[:-1].tolist()), device=q.device)
-        before = torch.cat([kc.new_zeros(1, H, K), kc])[starts]  # sum of keys before each sequence
-        z = (kc - before[seg]).unsqueeze(0)                      # [1, T, H, K]
-    else:
-        z = kf.cumsum(1)
-    z = z.repeat_interleave(G, dim=2)                            # [B, T, HV, K]
-    qh = qf.repeat_interleave(G, dim=2)
-    if z0 is not None:
-        z = z + (z0.float()[seg].unsqueeze(0) if varlen else z0.float().unsqueeze(1))
-    denom = (qh * scale * z).sum(-1, keepdim=True) + 1e-10
-    out = (o.float() / denom).to(o.dtype)
-    if varlen:
-        ends = torch.tensor(seq_lens, device=q.device).cumsum(0) - 1
-        zf = z[0].index_select(0, ends.clamp(min=0))
-        empty = torch.tensor([n == 0 for n in seq_lens], device=q.device)[:, None, None]
-        zf = torch.where(empty, z0.float() if z0 is not None else torch.zeros_like(zf), zf)
-    else:
-        zf = z[:, -1] if T > 0 else (z0.float() if z0 is not None else kf.new_zeros(B, HV, K))
-    return out, zf
 
 
 _ops: dict = {}
