@@ -107,3 +107,30 @@ def test_head_dims_and_chunk_sizes(variant, K, V, chunk_size):
     inputs = _inputs(spec, B, T, HV, K, gen, -1.0, -0.001)
     h0 = torch.randn(B, HV, K, V, generator=gen, device="cuda")
     _check(variant, q, k, v, h0, inputs, gen, chunk_size=chunk_size)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("variant", ["linear_attn_normalized", "simple_gla", "gla", "rwkv6"])
+def test_other_dtypes_fwd_bwd(variant, dtype):
+    """fp32 and fp16 q/k/v, forward and backward, without the final state (the backward always
+    recomputes states without it): Triton 3.6 has failed to compile the normaliser's chunk_fwd_h
+    for fp32 in exactly that case. Same stated tolerances as bf16."""
+    spec = BUILTINS[variant]
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    B, T, H, K, V = 2, 150, 1, 48, 100
+    q, k, v = (torch.randn(B, T, H, D, generator=gen, device="cuda").to(dtype) for D in (K, K, V))
+    if spec.normalize:
+        q, k = F.elu(q) + 1, F.elu(k) + 1
+    inputs = _inputs(spec, B, T, H, K, gen, -1.0, -0.001)
+    leaves = [q, k, v, *inputs.values()]
+    for x in leaves:
+        x.requires_grad_(True)
+    o, ht = get_op(variant).chunk(q, k, v, **inputs)
+    assert ht is None
+    ro, _ = reference.run(spec, q, k, v, **inputs)
+    close("o", o, ro, TOL)
+    do = torch.randn(o.shape, generator=gen, device="cuda", dtype=torch.float64)
+    ours = torch.autograd.grad((o.double() * do).sum(), leaves)
+    theirs = torch.autograd.grad((ro * do).sum(), leaves)
+    for name, a, b in zip(["q", "k", "v", *inputs], ours, theirs):
+        close(f"d{name}", a, b, TOL)

@@ -148,7 +148,7 @@ def test_causality(family):
                                     "linear_attn_normalized"])
 def test_decode_matches_forward(family):
     """Token-by-token decode steps, updating states in place, reproduce the sequence forward
-    (with the normaliser, the state is an (S, z) pair and V spans several of the forward's tiles)."""
+    (with the normaliser, the state is an (S, z) pair)."""
     from flagen.runtime.op import get_op
     V = 100 if family == "linear_attn_normalized" else 12
     fn, kwargs, variant, ref_map = make_case(family, Shape(B=3, T=5, H=1, HV=2, K=20, V=V), strong=True)
@@ -197,3 +197,10 @@ def test_state_v_first():
     o2, ht2 = fn(**kwargs, initial_state=h0.transpose(-1, -2), output_final_state=True, state_v_first=True)
     close("o", o2, o, 1e-6)
     close("final_state", ht2.transpose(-1, -2), ht, 1e-6)
+
+
+@pytest.mark.parametrize("chunk", [False, True], ids=["recurrent", "chunk"])
+def test_normaliser_with_several_value_tiles(chunk):
+    """K = 128, V = 100: the recurrent kernels split V in two tiles (BV 64), of which only the
+    first stores z, the divisors and dz0 and adds the normaliser's shares of dq and dk."""
+    run_case("linear_attn_normalized", Shape(B=2, T=9, H=1, HV=2, K=128, V=100), True, None, False, chunk=chunk)

@@ -123,14 +123,14 @@ def _states(op, meta, q, k, v, h0, z0, inputs, chunks, BT, DT, hdtype, store_ht)
     norm = {}
     if op.module.NORMALIZE:
         z = q.new_empty(chunks.NC, HV, K, dtype=torch.float32)
-        zt = q.new_empty(N, HV, K, dtype=torch.float32) if store_ht else None
+        zt = q.new_empty(N, HV, K, dtype=torch.float32)  # written whatever store_ht (chunk_fwd_h)
         norm = dict(z=z, z0=z0, zt=zt, USE_Z0=z0 is not None)
     op.module.KERNELS["chunk_fwd_h"][(triton.cdiv(K, BK) * triton.cdiv(V, BV), N * HV)](
         k, v, *inputs, h, h0, ht, meta["cu"], chunks.offsets, T, **norm,
         H=H, HV=HV, K=K, V=V, BT=BT, BK=BK, BV=BV, DT=DT,
         USE_H0=h0 is not None, STORE_HT=store_ht, IS_VARLEN=meta["cu"] is not None, **W,
     )
-    return h, ht, z, zt
+    return h, ht, z, (zt if store_ht else None)
 
 
 class _Chunked(torch.autograd.Function):
@@ -181,14 +181,13 @@ class _Chunked(torch.autograd.Function):
         h, _, z, _ = _states(op, meta, q, k, v, h0, z0, inputs, chunks, BT, DT, hdtype, False)
         dh = torch.empty_like(h)
         dh0 = torch.empty(N, HV, K, V, **f32) if h0 is not None else None
-        dz0 = None
-        norm_dh = norm_dqk = {}
+        dz0, norm_dh, norm_dqk = None, {}, {}
         if z is not None:  # the normaliser: gradients of the undivided output and of the divisors
             do, w = divisor_gradients(op.module, do, o, den, meta["scale"])
             dz = torch.empty_like(z)
-            dz0 = torch.empty(N, HV, K, **f32) if z0 is not None else None
+            dz0 = torch.empty(N, HV, K, **f32)  # written whether or not z0 was given (chunk_bwd_dh)
             norm_dh = dict(w=w, dz=dz, dzt=dzt.contiguous() if dzt is not None else None, dz0=dz0,
-                           USE_DZT=dzt is not None, STORE_DZ0=dz0 is not None)
+                           USE_DZT=dzt is not None)
             norm_dqk = dict(w=w, z=z, dz=dz)
         BK, BV, W = tiles("dh", K, V, op.module.DECAY)
         kern["chunk_bwd_dh"][(triton.cdiv(K, BK) * triton.cdiv(V, BV), N * HV)](
@@ -230,5 +229,5 @@ class _Chunked(torch.autograd.Function):
         raw_grads = raw_gradients(op, raw, grads,
                                   {"token": (0,), "token_key": (), "head": (0, 1), "head_key": (0,)})
         dh0 = dh0.to(h0.dtype) if dh0 is not None else None
-        dz0 = dz0.to(z0.dtype) if dz0 is not None else None
+        dz0 = dz0.to(z0.dtype) if z0 is not None else None
         return (None, None, dq, dk, dv, dh0, dz0, *raw_grads)
