@@ -1,7 +1,7 @@
 """Time the chunked ops of one implementation, in a process of its own.
 
     python benchmarks/bench_chunk.py --impl flagen --out flagen.json
-    python benchmarks/bench_chunk.py --impl fla --fla-path /tmp/fla060 --out fla.json
+    python benchmarks/bench_chunk.py --impl fla --fla-path DIR --out fla.json
     python benchmarks/bench_chunk.py --impl sdpa --out sdpa.json
 
 ``flagen`` and ``fla`` run the same calls (``fla.ops.<family>.chunk_<family>``): ours is this
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -144,7 +145,9 @@ def main():
                triton=triton.__version__)
     if args.impl != "sdpa":
         import fla
-        env["fla_file"] = fla.__file__
+        # where the package came from, without this machine's paths
+        root = args.fla_path if args.impl == "fla" else os.getcwd()
+        env["fla_file"] = ("<--fla-path>/" if args.impl == "fla" else "") + os.path.relpath(fla.__file__, root)
         env["fla_version"] = getattr(fla, "__version__", "?")
         results = bench_fla(args, torch, F, bench)
     else:

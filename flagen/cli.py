@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
+
+
+class _UserError(Exception):
+    """A mistake in the command's arguments or files: reported in one line, no traceback."""
 
 
 def _progress(n, total, name, changed):
@@ -13,11 +18,16 @@ def _progress(n, total, name, changed):
 
 def cmd_build(args) -> int:
     from flagen.codegen import build, cache
+    from flagen.codegen.printer import PrintError
     if args.variants:
-        for path in args.variants:
-            for spec in build.load_user_specs(Path(path)):
+        # load (and check) every file before building anything
+        specs = [(path, spec) for path in args.variants for spec in build.load_user_specs(Path(path))]
+        for path, spec in specs:
+            try:
                 module = cache.load(spec)
-                print(f"{spec.name}: {module.__file__}")
+            except PrintError as e:
+                raise _UserError(f"{path}: cannot generate kernels for {spec.name!r}: {e}") from e
+            print(f"{spec.name}: {module.__file__}")
         return 0
     changed = build.build_builtins(check=args.check, progress=None if args.quiet else _progress)
     if args.check:
@@ -33,20 +43,36 @@ def cmd_build(args) -> int:
 def cmd_show(args) -> int:
     from flagen.codegen import build, cache
     from flagen.ir.library import BUILTINS
-    spec = BUILTINS.get(args.name)
-    if spec is None and args.variant_file:
-        spec = {s.name: s for s in build.load_user_specs(Path(args.variant_file))}.get(args.name)
+    user = {}
+    if args.variant_file:
+        user = {s.name: s for s in build.load_user_specs(Path(args.variant_file))}
+    spec = user.get(args.name) or BUILTINS.get(args.name)
     if spec is None:
-        print(f"unknown variant {args.name!r}; built-ins: {', '.join(sorted(BUILTINS))}", file=sys.stderr)
+        where = f" in {args.variant_file} nor among" if args.variant_file else "; see"
+        print(f"flagen: error: unknown variant {args.name!r}{where} the built-ins: {', '.join(sorted(BUILTINS))}",
+              file=sys.stderr)
         return 2
     print(spec.ir_text())
     if spec.doc:
         print(f"  doc: {spec.doc}")
     if args.name in BUILTINS:
         print(f"source: {build.GENERATED_DIR / (spec.name + '.py')}")
-    else:
-        print(f"source: {cache.entry_path(spec)}")
+        return 0
+    path = cache.entry_path(spec)
+    try:
+        built = cache.verify(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError):
+        built = False
+    if not built:
+        print(f"flagen: error: {args.name!r} is not built yet; build it with "
+              f"`flagen build {shlex.quote(args.variant_file)}`", file=sys.stderr)
+        return 1
+    print(f"source: {path}")
     return 0
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 def main(argv=None) -> int:
@@ -62,7 +88,16 @@ def main(argv=None) -> int:
     s.add_argument("--variant-file", help="a user variant file to look the name up in")
     s.set_defaults(func=cmd_show)
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except Exception as e:
+        # user errors (bad variant files, invalid specs) in one line; anything else is a bug: traceback
+        from flagen.codegen.build import VariantFileError
+        from flagen.ir.spec import SpecError
+        if isinstance(e, (_UserError, VariantFileError, SpecError)):
+            print(f"flagen: error: {_one_line(e)}", file=sys.stderr)
+            return 1
+        raise
 
 
 if __name__ == "__main__":

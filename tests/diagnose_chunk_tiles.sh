@@ -4,7 +4,7 @@
 # recurrent, bf16); a crashed case (illegal address) restarts the grid past it.
 #   bash tests/diagnose_chunk_tiles.sh "" "o=128,64,8;dqk=64,64,8,1"
 cd "$(dirname "$0")/.."
-export PYTHONPATH=$PWD TRITON_INTERPRET=0 CUDA_LAUNCH_BLOCKING=1 FLAGEN_CACHE_DIR=/tmp/fc
+export PYTHONPATH=$PWD TRITON_INTERPRET=0 CUDA_LAUNCH_BLOCKING=1 FLAGEN_CACHE_DIR=$(mktemp -d)
 for tiles in "$@"; do
   echo "== tiles='$tiles'"
   i=0

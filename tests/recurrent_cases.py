@@ -15,11 +15,17 @@ from flagen.ir.library import BUILTINS
 DEVICE = os.environ.get("FLAGEN_TEST_DEVICE", "cpu")
 # On the GPU the tests run bf16 q/k/v (gates and betas stay fp32); the interpreter runs fp32.
 DTYPE = torch.bfloat16 if DEVICE == "cuda" else torch.float32
-# Stated tolerances: max |ours - reference| <= TOL * max |reference| (+ a floor of TOL), per
-# tensor. fp32 kernels vs float64: 1e-4. bf16 outputs and gradients are rounded to bf16
-# (relative step 2^-8) before comparison: 2e-2. Final states are fp32 in both cases.
+# Stated tolerances, per tensor: max |ours - reference| <= TOL * (max |reference| + 0.05).
+# Relative to the tensor's largest value (in bf16 a tensor of size 1 is held to 2e-2 and one
+# of size 0.05 to 2e-3), with a floor of 0.05 for tensors that are zero or nearly so while
+# the terms that make them are of order 1 (the normaliser's dq and dk at T = 1 cancel
+# exactly). fp32 kernels vs float64: TOL 1e-4. bf16 outputs and gradients are rounded to
+# bf16 (relative step 2^-8) before comparison: TOL 2e-2. Final states are fp32 in both cases.
 TOL = 2e-2 if DTYPE == torch.bfloat16 else 1e-4
 STATE_TOL = 1e-3 if DTYPE == torch.bfloat16 else 1e-4
+ATOL_FACTOR = 0.05
+# bf16 inputs wherever the tests run (tests of bf16 on the CPU too)
+BF16_TOL, BF16_STATE_TOL = 2e-2, 1e-3
 
 
 @dataclass

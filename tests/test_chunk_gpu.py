@@ -134,3 +134,28 @@ def test_other_dtypes_fwd_bwd(variant, dtype):
     theirs = torch.autograd.grad((ro * do).sum(), leaves)
     for name, a, b in zip(["q", "k", "v", *inputs], ours, theirs):
         close(f"d{name}", a, b, TOL)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=["bf16", "fp16", "fp32"])
+@pytest.mark.parametrize("pattern", ["one_channel_minus8", "minus1e4", "resets"])
+@pytest.mark.parametrize("variant", ["gla", "rwkv6", "simple_gla"])
+def test_extreme_decays_every_dtype(variant, pattern, dtype):
+    """The compiled kernels on the hazards of test_chunk_ops.test_extreme_decays (a channel at -8
+    per token, -1e4 everywhere, hard resets), in each input dtype, K = 100 (two K tiles on the
+    per-key path) and chunks of 64 and 16: output, final state and every gradient."""
+    from test_chunk_ops import GATE_INPUTS, _log_gates
+    if variant == "simple_gla" and pattern == "one_channel_minus8":
+        pytest.skip("a per-key pattern")
+    spec = BUILTINS[variant]
+    gen = torch.Generator().manual_seed(0)
+    B, T, H, K, V = 1, 200, 1, 100, 48
+    q, k = (torch.randn(B, T, H, K, generator=gen).to("cuda", dtype) for _ in range(2))
+    v = torch.randn(B, T, H, V, generator=gen).to("cuda", dtype)
+    h0 = torch.randn(B, H, K, V, generator=gen).to("cuda")
+    log_decay = _log_gates(pattern, (B, T, H, K), gen)
+    inputs = {n: f(log_decay).to("cuda", torch.float32) for n, f in GATE_INPUTS[variant].items()}
+    if variant == "rwkv6":
+        inputs["u"] = torch.randn(H, K, generator=gen).to("cuda")
+    for chunk_size in (None, 16):
+        _check(variant, q.clone(), k.clone(), v.clone(), h0.clone(), {n: x.clone() for n, x in inputs.items()},
+               torch.Generator(device="cuda").manual_seed(1), chunk_size=chunk_size)

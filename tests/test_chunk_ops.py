@@ -1,8 +1,8 @@
 """The chunked ops (fla.ops chunk_*) against the float64 reference and against the recurrent
 kernels: output, final state and every gradient, with the tolerances of
-tests/recurrent_cases.py. Also: every chunk size, causality (to the bit), continuation,
-sequences that end mid-chunk, decays of -5 per token, and Mamba2's SSD against a direct
-Mamba2 computation.
+tests/recurrent_cases.py. Also: every chunk size, causality (to the bit, NaN and Inf
+included), continuation, sequences that end mid-chunk, log decays from -5 per token to -1e4
+and -inf (hard resets), bf16 inputs, and Mamba2's SSD against a direct Mamba2 computation.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import fla.ops as ops
 from flagen import reference
 from flagen.ir.library import BUILTINS
 from flagen.runtime.op import get_op
-from recurrent_cases import CHUNK_FAMILIES, DEVICE, DTYPE, STATE_TOL, TOL, Shape, chunked, make_case, qkv
+from recurrent_cases import (BF16_STATE_TOL, BF16_TOL, CHUNK_FAMILIES, DEVICE, DTYPE, STATE_TOL, TOL, Shape, chunked,
+                             make_case, qkv, reference_inputs)
 from test_recurrent_ops import CONFIGS, close, run_case
 
 
@@ -36,7 +37,8 @@ def test_chunk_sizes(family, chunk_size):
 
 @pytest.mark.parametrize("family", CHUNK_FAMILIES)
 def test_chunked_equals_recurrent(family):
-    """The chunked and token-by-token kernels agree on the same inputs, gradients included."""
+    """The chunked and token-by-token kernels agree on the same inputs, gradients included:
+    each is held to TOL against the float64 reference, so the two to 2 * TOL of each other."""
     fn, kwargs, _, _ = make_case(family, Shape(B=2, T=70, H=1, HV=2, K=24, V=40), strong=True)
     cfn, ckwargs = chunked(family, fn, kwargs)
     leaves = [x for x in kwargs.values() if torch.is_tensor(x) and x.is_floating_point()]
@@ -44,13 +46,13 @@ def test_chunked_equals_recurrent(family):
         x.requires_grad_(True)
     o, ht = fn(**kwargs, output_final_state=True)
     co, cht = cfn(**ckwargs, output_final_state=True, chunk_size=32)
-    close("o", co, o.float(), TOL)
+    close("o", co, o.float(), 2 * TOL)
     S, cS = (ht[0], cht[0]) if isinstance(ht, tuple) else (ht, cht)
-    close("final_state", cS, S, STATE_TOL)
+    close("final_state", cS, S, 2 * STATE_TOL)
     do = torch.randn_like(o)
     for name, a, b in zip(range(len(leaves)), torch.autograd.grad((co * do).sum(), leaves),
                           torch.autograd.grad((o * do).sum(), leaves)):
-        close(f"grad {name}", a, b.float(), TOL)
+        close(f"grad {name}", a, b.float(), 2 * TOL)
 
 
 @pytest.mark.parametrize("family", ["simple_gla", "gla", "rwkv6", "retention", "linear_attn_normalized"])
@@ -102,32 +104,123 @@ def test_continuation(family):
         close("final_state", a, b, STATE_TOL)
 
 
+def _log_gates(pattern, shape, gen):
+    """Log decays of one of the hazards: every token at -5 (cumulative -320 over a chunk of 64),
+    one key channel at -8 (a 16-token sub-chunk's decay overflows fp32 factors), every token at
+    -20 or -1e4, and hard resets (-inf) at t = 0, mid-chunk (37) and on a chunk boundary (64)
+    amid mild decays."""
+    mild = -0.5 * torch.rand(shape, generator=gen, dtype=torch.float64)
+    if pattern == "minus5":
+        return torch.full(shape, -5.0, dtype=torch.float64)
+    if pattern == "one_channel_minus8":
+        mild[..., 3] = -8.0
+        return mild
+    if pattern in ("minus20", "minus1e4"):
+        return torch.full(shape, -20.0 if pattern == "minus20" else -1e4, dtype=torch.float64)
+    if pattern == "resets":
+        mild[:, [0, 37, 64]] = float("-inf")
+        return mild
+    raise KeyError(pattern)
+
+
+GATE_PATTERNS = ["minus5", "one_channel_minus8", "minus20", "minus1e4", "resets"]
+# the gate of each variant as a function of the log decay it should have
+GATE_INPUTS = {"gla": {"g": lambda g: g}, "rwkv6": {"w": lambda g: g}, "simple_gla": {"g": lambda g: g[..., 0]},
+               "hgrn2": {"f": lambda g: g - torch.log1p(-torch.exp(g))}}  # logsigmoid(f) = g
+
+
+@pytest.mark.parametrize("pattern", GATE_PATTERNS)
 @pytest.mark.parametrize("variant", ["gla", "rwkv6", "simple_gla", "hgrn2"])
-def test_decay_of_minus_five_every_token(variant):
-    """The strongest decay we promise: log gates of -5 on every token over whole chunks of 64
-    (cumulative -320 within a chunk) stay finite and exact."""
+def test_extreme_decays(variant, pattern):
+    """Any log decay <= 0, -inf (a hard reset) included, gives the reference's finite answer:
+    output, final state and every gradient, with an initial state, over chunks of 64 and 16."""
+    if variant in ("simple_gla",) and pattern == "one_channel_minus8":
+        pytest.skip("a per-key pattern")
     spec = BUILTINS[variant]
     gen = torch.Generator().manual_seed(0)
     B, T, HV, K, V = 1, 130, 1, 32, 16
     q, k = (torch.randn(B, T, 1, K, generator=gen).to(DEVICE, DTYPE) for _ in range(2))
     v = torch.randn(B, T, HV, V, generator=gen).to(DEVICE, DTYPE)
-    shapes = {"token": (B, T, HV), "token_key": (B, T, HV, K), "head_key": (HV, K)}
-    inputs = {i.name: torch.full(shapes[i.shape.value], -5.0, device=DEVICE) for i in spec.inputs}
-    if variant == "hgrn2":  # logsigmoid(f) = -5
-        inputs["f"] = torch.full_like(inputs["f"], -5.0067153)
+    h0 = torch.randn(B, HV, K, V, generator=gen).to(DEVICE)
+    log_decay = _log_gates(pattern, (B, T, HV, K), gen)
+    inputs = {n: f(log_decay).to(DEVICE, torch.float32) for n, f in GATE_INPUTS[variant].items()}
     if variant == "rwkv6":
         inputs["u"] = torch.randn(HV, K, generator=gen).to(DEVICE)
-    leaves = [q, k, v, *inputs.values()]
+    leaves = [q, k, v, h0, *inputs.values()]
     for x in leaves:
         x.requires_grad_(True)
-    o, ht = get_op(variant).chunk(q, k, v, output_final_state=True, **inputs)
-    ro, rht = reference.run(spec, q, k, v, output_final_state=True, **inputs)
-    close("o", o, ro, TOL)
-    close("final_state", ht, rht, STATE_TOL)
-    do = torch.randn(o.shape, generator=gen).to(DEVICE)
-    ours, theirs = torch.autograd.grad((o * do).sum(), leaves), torch.autograd.grad((ro * do).sum(), leaves)
-    for name, a, b in zip(["q", "k", "v", *inputs], ours, theirs):
-        close(f"d{name}", a, b, TOL)
+    ro, rht = reference.run(spec, q, k, v, initial_state=h0, output_final_state=True, **inputs)
+    do = torch.randn(ro.shape, generator=gen).to(DEVICE)
+    dht = torch.randn(rht.shape, generator=gen).to(DEVICE)
+    theirs = torch.autograd.grad((ro * do).sum() + (rht * dht).sum(), leaves)
+    assert all(torch.isfinite(t).all() for t in (ro, rht, *theirs))
+    for chunk_size in (None, 16):
+        o, ht = get_op(variant).chunk(q, k, v, initial_state=h0, output_final_state=True, chunk_size=chunk_size,
+                                      **inputs)
+        close("o", o, ro, TOL)
+        close("final_state", ht, rht, STATE_TOL)
+        ours = torch.autograd.grad((o * do).sum() + (ht * dht).sum(), leaves)
+        for name, a, b in zip(["q", "k", "v", "h0", *inputs], ours, theirs):
+            close(f"d{name} (chunk {chunk_size})", a, b, TOL)
+
+
+NAN_FAMILIES = ["retention", "linear_attn", "linear_attn_normalized", "simple_gla", "gla", "rwkv6"]
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy, in the interpreter, on NaN
+@pytest.mark.parametrize("value", [float("nan"), float("inf")], ids=["nan", "inf"])
+@pytest.mark.parametrize("where", ["q", "k", "v", "gate"])
+@pytest.mark.parametrize("family", NAN_FAMILIES)
+def test_nan_stays_in_its_future(family, where, value):
+    """A NaN or Inf at t = 20 (in q, k, v or the gate) leaves every output before t = 20 as it
+    was, to the bit, chunked (every chunk size that puts t = 20 mid-chunk) and recurrent; the
+    outputs from t = 20 on are not all finite."""
+    fn, kwargs, _, _ = make_case(family, Shape(B=1, T=40, H=1, HV=1, K=16, V=16), strong=False)
+    gates = [n for n in ("g", "gk", "w") if n in kwargs]
+    if where == "gate" and not gates:
+        pytest.skip("no gate")
+    name = gates[0] if where == "gate" else {"q": "r" if "r" in kwargs else "q"}.get(where, where)
+    bad = dict(kwargs)
+    bad[name] = kwargs[name].clone()
+    bad[name][:, 20] = value if where != "gate" else float("nan")  # +inf is no log decay
+    cfn, ckwargs = chunked(family, fn, kwargs)
+    _, cbad = chunked(family, fn, bad)
+    chunked_runs = [] if where == "v" else [(cfn, ckwargs, cbad, {"chunk_size": c}) for c in (None, 16, 32, 64, 128)]
+    for run, good_kw, bad_kw, options in [(fn, kwargs, bad, {})] + chunked_runs:
+        o = run(**good_kw, **options)[0]
+        o_bad = run(**bad_kw, **options)[0]
+        assert torch.equal(o[:, :20], o_bad[:, :20]), f"{options or 'recurrent'}: an earlier output changed"
+        assert not torch.isfinite(o_bad[:, 20:]).all(), f"{options or 'recurrent'}: the NaN vanished"
+
+
+@pytest.mark.xfail(strict=True, reason="known: a NaN in v reaches the earlier rows of its chunk in the chunked ops")
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_nan_in_v_stays_in_its_future_chunked():
+    """The chunked ops' known limitation: the intra-chunk matmul multiplies a NaN (or Inf) in v
+    by the causal mask's zeros, which reaches the earlier rows of its chunk (keeping it out
+    measured up to 25% slower on the H200). Strict xfail: a fix makes it fail, then remove it."""
+    fn, kwargs, _, _ = make_case("simple_gla", Shape(B=1, T=40, H=1, HV=1, K=16, V=16), strong=False)
+    fn, kwargs = chunked("simple_gla", fn, kwargs)
+    bad = dict(kwargs, v=kwargs["v"].clone())
+    bad["v"][:, 20] = float("nan")
+    assert torch.equal(fn(**kwargs)[0][:, :20], fn(**bad)[0][:, :20])
+
+
+@pytest.mark.parametrize("family", CHUNK_FAMILIES)
+def test_bf16_inputs(family):
+    """bf16 q/k/v (on the CPU the interpreter's bf16 tl.dot is wrong: the chunked op computes in
+    fp32 there) against the float64 reference, with bf16's tolerance."""
+    fn, kwargs, variant, ref_map = make_case(family, Shape(B=1, T=37, H=1, HV=2, K=16, V=20), strong=True)
+    kwargs = {n: x.bfloat16() if n in ("q", "r", "k", "v") else x for n, x in kwargs.items()}
+    cfn, ckwargs = chunked(family, fn, kwargs)
+    ro, rht = reference.run(BUILTINS[variant], *qkv(kwargs), output_final_state=True,
+                            **reference_inputs(kwargs, ref_map))
+    for run, kw in ((fn, kwargs), (cfn, ckwargs)):
+        o, ht = run(**kw, output_final_state=True)
+        assert o.dtype == torch.bfloat16
+        close("o", o, ro, BF16_TOL)
+        for a, b in zip(ht if isinstance(ht, tuple) else (ht,), rht if isinstance(rht, tuple) else (rht,)):
+            close("final_state", a, b, BF16_STATE_TOL)
 
 
 @pytest.mark.parametrize("variant", ["hgrn2", "mamba2", "simple_gla_gamma"])

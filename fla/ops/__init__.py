@@ -1,4 +1,11 @@
-"""FLA-compatible ops, one module per family."""
+"""FLA-compatible ops, one module per family.
+
+Every entry point takes FLA 0.6.0's parameters by name, the positional ones in FLA's order
+(tests/records/fla060_op_signatures.json), plus keyword-only extras (``state_v_first``,
+``reverse`` and ``chunk_size`` on the chunked forms, ``head_first=False``). Unknown keywords
+raise TypeError; FLA parameters we cannot honour (``gv``, ``head_first=True``) raise
+NotImplementedError when given a non-default value.
+"""
 
 from fla.ops.retention import chunk_retention, fused_recurrent_retention
 from fla.ops.linear_attn import chunk_linear_attn, fused_recurrent_linear_attn

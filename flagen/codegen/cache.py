@@ -111,8 +111,22 @@ def entry_path(spec) -> Path:
     return cache_dir() / f"{spec.name}-{cache_key(spec)[:24]}.py"
 
 
+def check_builtin_name(spec) -> None:
+    """Raise ``SpecError`` when ``spec`` takes a built-in variant's name but is not that variant
+    (its IR text differs): the name would then mean two different kernels (in `flagen show`,
+    in error messages, in cache entries). The built-in's own spec (or an equal copy) passes."""
+    from flagen.ir.library import BUILTINS
+    builtin = BUILTINS.get(spec.name)
+    if builtin is not None and builtin is not spec and builtin.ir_text() != spec.ir_text():
+        from flagen.ir.spec import SpecError
+        raise SpecError(f"the name {spec.name!r} belongs to a built-in variant and this spec differs from it; "
+                        "give your variant another name")
+
+
 def load(spec) -> ModuleType:
-    """The generated module of ``spec``, from the cache, rendering it first if absent or corrupt."""
+    """The generated module of ``spec``, from the cache, rendering it first if absent or corrupt.
+    A spec that reuses a built-in variant's name with a different IR raises ``SpecError``."""
+    check_builtin_name(spec)
     key = cache_key(spec)
     with _lock:
         if key in _memo:

@@ -41,6 +41,26 @@ def scale_value(scale, K: int) -> float:
     return float(scale)
 
 
+def positive_int(name: str, x) -> int:
+    if isinstance(x, bool) or not isinstance(x, int):
+        raise TypeError(f"`{name}` must be a positive int, got {x!r}")
+    if x < 1:
+        raise ValueError(f"`{name}` must be a positive int, got {x}")
+    return x
+
+
+def state_slots(slots: list[int], S: int) -> None:
+    """Decode's state slots: each below S (negative ones skip their sequence), none twice."""
+    past = sorted({i for i in slots if i >= S})
+    if past:
+        raise ValueError(f"`state_indices` holds slot(s) {past[:8]} past the state's {S} slots (0..{S - 1}); "
+                         "a negative slot skips its sequence")
+    live = [i for i in slots if i >= 0]
+    if len(set(live)) != len(live):
+        twice = sorted({i for i in live if live.count(i) > 1})
+        raise ValueError(f"`state_indices` repeats slot(s) {twice[:8]}: two sequences would update one state")
+
+
 def cu_seqlens(cu: torch.Tensor | None, B: int, T: int, device: torch.device) -> list[int] | None:
     """Validate ``cu_seqlens`` and return it as a host list (None without it)."""
     if cu is None:

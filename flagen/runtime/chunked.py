@@ -66,9 +66,13 @@ def _tile(n: int, cap: int) -> int:
     return max(16, min(cap, triton.next_power_of_2(n)))
 
 
-def tiles(kind: str, K: int, V: int, decay: str) -> tuple[int, int, dict]:
-    """(BK, BV, launch options) of kernel ``kind`` on decay path ``decay`` for head dims K, V."""
+def tiles(kind: str, K: int, V: int, decay: str, itemsize: int = 2) -> tuple[int, int, dict]:
+    """(BK, BV, launch options) of kernel ``kind`` on decay path ``decay`` for head dims K, V
+    and inputs of ``itemsize`` bytes. fp32 inputs take at most 2 pipeline stages: 3 stages of
+    fp32 q and k tiles of 128 tokens need 240 KB of shared memory, past Hopper's 227 KB."""
     bk, bv, warps, *stages = TILES.get(f"{kind}:{decay}", TILES[kind])
+    if stages and itemsize > 2:
+        stages = [min(stages[0], 2)]
     return _tile(K, bk), _tile(V, bv), dict(num_warps=warps, **({"num_stages": stages[0]} if stages else {}))
 
 
@@ -76,6 +80,13 @@ def dot_dtype(dtype: torch.dtype):
     """Matmul operands and stored chunk states: bf16 for bf16 inputs; fp32 otherwise (fp16
     cannot hold a state or a sub-chunk's worth of decay)."""
     return (tl.bfloat16, torch.bfloat16) if dtype == torch.bfloat16 else (tl.float32, torch.float32)
+
+
+def no_double_backward() -> None:
+    """The kernels' backward is not itself differentiable: refuse ``create_graph=True`` rather
+    than return second derivatives that silently miss its terms."""
+    if torch.is_grad_enabled():
+        raise RuntimeError("double backward (create_graph=True) through flagen's kernels is not supported")
 
 
 @dataclass
@@ -116,7 +127,7 @@ def _states(op, meta, q, k, v, h0, z0, inputs, chunks, BT, DT, hdtype, store_ht)
     B, T, H, K = q.shape
     HV, V = v.shape[2], v.shape[3]
     N = meta["N"]
-    BK, BV, W = tiles("h", K, V, op.module.DECAY)
+    BK, BV, W = tiles("h", K, V, op.module.DECAY, k.element_size())
     h = q.new_empty(chunks.NC, HV, K, V, dtype=hdtype)
     ht = q.new_empty(N, HV, K, V, dtype=torch.float32) if store_ht else None
     z = zt = None
@@ -149,7 +160,7 @@ class _Chunked(torch.autograd.Function):
         # with the normaliser, every token's divisor (for the backward)
         den = torch.empty(B, T, HV, dtype=torch.float32, device=q.device) if z is not None else None
         if chunks.NC:
-            BK, BV, W = tiles("o", K, V, op.module.DECAY)
+            BK, BV, W = tiles("o", K, V, op.module.DECAY, q.element_size())
             kern["chunk_fwd_o"][(*chunks.grid, triton.cdiv(V, BV))](
                 q, k, v, *inputs, h, o, meta["cu"], chunks.indices, meta["scale"], T,
                 **(dict(z=z, den=den) if z is not None else {}),
@@ -163,6 +174,7 @@ class _Chunked(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, do, dht, dzt):
+        no_double_backward()
         op, meta = ctx.op, ctx.meta
         kern = op.module.KERNELS
         q, k, v, h0, z0, o, den, *raw = ctx.saved_tensors
@@ -189,7 +201,7 @@ class _Chunked(torch.autograd.Function):
             norm_dh = dict(w=w, dz=dz, dzt=dzt.contiguous() if dzt is not None else None, dz0=dz0,
                            USE_DZT=dzt is not None)
             norm_dqk = dict(w=w, z=z, dz=dz)
-        BK, BV, W = tiles("dh", K, V, op.module.DECAY)
+        BK, BV, W = tiles("dh", K, V, op.module.DECAY, q.element_size())
         kern["chunk_bwd_dh"][(triton.cdiv(K, BK) * triton.cdiv(V, BV), N * HV)](
             q, do, *inputs, dh, dht.contiguous() if dht is not None else None, dh0, cu, chunks.offsets,
             meta["scale"], T, **norm_dh,
@@ -201,13 +213,13 @@ class _Chunked(torch.autograd.Function):
         # with grouped value heads, dq and dk are per state head first, then summed per group
         dq = torch.empty(NT, HV, K, dtype=q.dtype if G == 1 else torch.float32, device=q.device)
         dk = torch.empty_like(dq)
-        BKq, BVq, Wq = tiles("dqk", K, V, op.module.DECAY)
+        BKq, BVq, Wq = tiles("dqk", K, V, op.module.DECAY, q.element_size())
         NK = triton.cdiv(K, BKq)
         kinds = dict(op.module.INPUTS)
         layout = {"token": (NK, NT, HV), "token_key": (NT, HV, K), "head": (NK, NC, HV), "head_key": (NC, HV, K)}
         grads = {name: torch.empty(layout[kinds[name]], **f32) for name in op.module.GRADS}
         if NC:
-            BKv, BVv, Wv = tiles("dv", K, V, op.module.DECAY)
+            BKv, BVv, Wv = tiles("dv", K, V, op.module.DECAY, q.element_size())
             kern["chunk_bwd_dv"][(*chunks.grid, triton.cdiv(V, BVv))](
                 q, k, *inputs, do, dh, dv, cu, chunks.indices, meta["scale"], T,
                 H=H, HV=HV, K=K, V=V, BT=BT, BK=BKv, BV=BVv, DT=DT, IS_VARLEN=varlen, **Wv,

@@ -14,7 +14,7 @@ import torch
 import triton
 
 from flagen.runtime import checks
-from flagen.runtime.chunked import _Chunked
+from flagen.runtime.chunked import _Chunked, no_double_backward
 from flagen.runtime.gradients import raw_gradients
 from flagen.runtime.normalizer import divisor_gradients
 
@@ -75,6 +75,7 @@ class _Recurrent(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, do, dht, dzt):
+        no_double_backward()
         op, meta = ctx.op, ctx.meta
         q, k, v, h0, z0, ckpt, offsets, cu, o, den, zckpt, *raw = ctx.saved_tensors
         B, T, H, K = q.shape
@@ -147,18 +148,22 @@ class RecurrentOp:
         return [meta["consts"][name] if kind == "const" else next(tensors) for name, kind in self.module.INPUTS]
 
     # --- checks ----------------------------------------------------------------------------
-    def _check(self, q, k, v, inputs, initial_state, cu_seqlens):
-        checks.tensor("q", q, ndim=4)
+    def _check(self, q, k, v, inputs, initial_state=None, cu_seqlens=None, lead=("B", "T")):
+        """Shapes, dtypes and devices of a call's tensors; ``lead`` names their leading dims:
+        (B, T) for a sequence, (N,) or (N, 1) for a decode step (so errors show the user's
+        shapes). Returns (N, sequence lengths) for a sequence."""
+        nl, names = len(lead), ", ".join(lead)
+        checks.tensor("q", q, ndim=nl + 2)
         dev = q.device
-        checks.tensor("k", k, ndim=4, device=dev)
-        checks.tensor("v", v, ndim=4, device=dev)
-        B, T, H, K = q.shape
-        checks.shape("k", k, (B, T, H, K), "[B, T, H, K]")
+        checks.tensor("k", k, ndim=nl + 2, device=dev)
+        checks.tensor("v", v, ndim=nl + 2, device=dev)
+        P, (H, K) = tuple(q.shape[:nl]), q.shape[nl:]
+        checks.shape("k", k, q.shape, f"[{names}, H, K]")
         if k.dtype != q.dtype or v.dtype != q.dtype:
             raise TypeError(f"`q`, `k` and `v` must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-        if v.shape[0] != B or v.shape[1] != T:
-            raise ValueError(f"`v` must have shape [B, T, HV, V] with B={B}, T={T}, got {tuple(v.shape)}")
-        HV, V = v.shape[2], v.shape[3]
+        if tuple(v.shape[:nl]) != P:
+            raise ValueError(f"`v` must have shape [{names}, HV, V] with {names} = {P}, got {tuple(v.shape)}")
+        HV, V = v.shape[nl:]
         if H == 0 or HV % H != 0:
             raise ValueError(f"`v` has HV={HV} heads, which must be a multiple of q's H={H}")
         if K == 0 or V == 0 or K > checks.MAX_HEAD_DIM or V > checks.MAX_HEAD_DIM:
@@ -175,7 +180,12 @@ class RecurrentOp:
                     raise TypeError(f"`{name}` must be a Python number")
                 continue
             checks.tensor(name, x, device=dev)
-            checks.shape(name, x, _input_shape(kind, B, T, HV, K), _input_what(kind))
+            expected, what = {"token": (P + (HV,), f"[{names}, HV]"), "token_key": (P + (HV, K), f"[{names}, HV, K]"),
+                              "head": ((HV,), "[HV]"), "head_key": ((HV, K), "[HV, K]")}[kind]
+            checks.shape(name, x, expected, what)
+        if lead != ("B", "T"):
+            return None, None
+        B, T = P
         lens = checks.cu_seqlens(cu_seqlens, B, T, dev)
         N = B if lens is None else len(lens) - 1
         if initial_state is not None:
@@ -191,9 +201,12 @@ class RecurrentOp:
     # --- calls -----------------------------------------------------------------------------
     def __call__(self, q, k, v, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None,
                  reverse=False, checkpoint_interval=DEFAULT_CHECKPOINT_INTERVAL, **inputs):
-        """Token by token (the fused recurrent kernels): decoding-friendly, any length."""
-        return self._run(_Recurrent, dict(ckpt_interval=int(checkpoint_interval)), q, k, v, scale, initial_state,
-                         output_final_state, cu_seqlens, reverse, inputs)
+        """Token by token (the fused recurrent kernels): decoding-friendly, any length.
+        ``checkpoint_interval``: tokens between the states the forward keeps for the backward
+        (a positive int; memory against recomputation)."""
+        return self._run(_Recurrent, dict(ckpt_interval=checks.positive_int("checkpoint_interval",
+                                                                            checkpoint_interval)),
+                         q, k, v, scale, initial_state, output_final_state, cu_seqlens, reverse, inputs)
 
     def chunk(self, q, k, v, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None,
               reverse=False, chunk_size=None, **inputs):
@@ -203,7 +216,8 @@ class RecurrentOp:
         if not self.module.CHUNKED:
             raise NotImplementedError(f"{self.name}: no chunked kernels yet for recurrences with the delta rule "
                                       "or a low-rank transition; call the op (fused recurrent) instead")
-        if chunk_size not in (None, 16, 32, 64, 128):
+        if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
+                                       or chunk_size not in (16, 32, 64, 128)):
             raise ValueError(f"`chunk_size` must be 16, 32, 64 or 128 (or None), got {chunk_size!r}")
         return self._run(_Chunked, dict(chunk_size=chunk_size and int(chunk_size)), q, k, v, scale, initial_state,
                          output_final_state, cu_seqlens, reverse, inputs)
@@ -211,6 +225,8 @@ class RecurrentOp:
     def _run(self, function, options, q, k, v, scale, initial_state, output_final_state, cu_seqlens, reverse,
              inputs):
         N, seq_lens = self._check(q, k, v, inputs, initial_state, cu_seqlens)
+        if cu_seqlens is not None:
+            cu_seqlens = cu_seqlens.contiguous()  # the kernels index it as a flat array
         scale = checks.scale_value(scale, q.shape[-1])
         z0 = None
         if isinstance(initial_state, tuple):
@@ -221,6 +237,10 @@ class RecurrentOp:
             flip = _Flip(seq_lens, cu_seqlens is not None, q.shape[1], q.device)
             q, k, v = flip(q), flip(k), flip(v)
             inputs = {n: flip(x) if self.inputs[n].startswith("token") else x for n, x in inputs.items()}
+        low_precision = None
+        if function is _Chunked and q.device.type == "cpu" and q.dtype == torch.bfloat16:
+            # Triton's interpreter computes tl.dot on bf16 operands wrongly: compute in fp32
+            low_precision, q, k, v = q.dtype, q.float(), k.float(), v.float()
         if function is _Chunked and self.module.QK_L2NORM:
             # the chunked kernels take q and k as they are: normalise them here (autograd chains)
             q, k = _l2norm(q), _l2norm(k)
@@ -237,27 +257,38 @@ class RecurrentOp:
         o, ht, zt = function.apply(self, meta, q, k, v, h0, z0, *raw)
         if self.module.NORMALIZE and ht is not None:
             ht = (ht, zt)
+        if low_precision is not None:
+            o = o.to(low_precision)
         if reverse:
             o = flip(o)
         return o, ht
 
-    def decode(self, q, k, v, state, scale=None, state_indices=None, **inputs):
+    def decode(self, q, k, v, state, scale=None, state_indices=None, check_indices=True, **inputs):
         """One generation step: q, k [N, H, K] (or [N, 1, H, K]), v [N, HV, V] (or [N, 1, HV, V]),
         per-token inputs [N, HV(, K)] (or with the 1); updates ``state`` [S, HV, K, V] (fp32)
         in place at slots ``state_indices`` [N] (default 0..N-1). Returns o shaped like v.
-        With the normaliser (linear attention), ``state`` is an (S, z) pair, z [S, HV, K] fp32."""
-        squeeze = q.dim() == 4
-        if squeeze:
+        With the normaliser (linear attention), ``state`` is an (S, z) pair, z [S, HV, K] fp32.
+
+        A negative slot skips its sequence (its o is 0, no state is touched). With
+        ``check_indices`` (the default) slots past S-1 and repeated slots raise a ValueError;
+        that reads ``state_indices`` on the host (a device sync). ``check_indices=False``
+        (for CUDA graphs) reads nothing back: the kernel skips any slot outside 0..S-1 as it
+        does negative ones, and repeated slots are the caller's to avoid (they race).
+        Decoding does not track gradients: an input that requires grad while grad mode is on
+        raises; run it under ``torch.no_grad()``."""
+        if torch.is_grad_enabled():
+            states = state if isinstance(state, tuple) else (state,)
+            for name, x in (("q", q), ("k", k), ("v", v), *inputs.items(), *(("state", s) for s in states)):
+                if isinstance(x, torch.Tensor) and x.requires_grad:
+                    raise RuntimeError(f"decode does not track gradients, but `{name}` requires grad: call it "
+                                       "under torch.no_grad(), or use the op itself to train")
+        token_axis = isinstance(q, torch.Tensor) and q.dim() == 4
+        self._check(q, k, v, inputs, lead=("N", "1") if token_axis else ("N",))
+        if token_axis:
             if q.shape[1] != 1:
                 raise ValueError(f"`q` for decode must have one token, got shape {tuple(q.shape)}")
             q, k, v = q[:, 0], k[:, 0], v[:, 0]
-            inputs = {n: (x[:, 0] if self.inputs.get(n, "").startswith("token") and isinstance(x, torch.Tensor)
-                          else x) for n, x in inputs.items()}
-        # reuse the sequence checks with T = 1: [N, 1, ...]
-        q4, k4, v4 = q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1)
-        in4 = {n: (x.unsqueeze(1) if self.inputs.get(n, "").startswith("token") and isinstance(x, torch.Tensor)
-                   else x) for n, x in inputs.items()}
-        self._check(q4, k4, v4, in4, None, None)
+            inputs = {n: x[:, 0] if self.inputs[n].startswith("token") else x for n, x in inputs.items()}
         N, H, K = q.shape
         HV, V = v.shape[1], v.shape[2]
         state_z = None
@@ -270,17 +301,20 @@ class RecurrentOp:
         checks.tensor("state", state, ndim=4, device=q.device, dtypes=(torch.float32,))
         if tuple(state.shape[1:]) != (HV, K, V) or not state.is_contiguous():
             raise ValueError(f"`state` must be a contiguous fp32 tensor [S, {HV}, {K}, {V}], got {tuple(state.shape)}")
+        S = state.shape[0]
         if state_z is not None:
             checks.tensor("state[1]", state_z, ndim=3, device=q.device, dtypes=(torch.float32,))
-            if tuple(state_z.shape) != (state.shape[0], HV, K) or not state_z.is_contiguous():
-                raise ValueError(f"`state[1]` (z) must be a contiguous fp32 tensor [{state.shape[0]}, {HV}, {K}], "
+            if tuple(state_z.shape) != (S, HV, K) or not state_z.is_contiguous():
+                raise ValueError(f"`state[1]` (z) must be a contiguous fp32 tensor [{S}, {HV}, {K}], "
                                  f"got {tuple(state_z.shape)}")
         if state_indices is not None:
             checks.tensor("state_indices", state_indices, ndim=1, device=q.device, dtypes=(torch.int32, torch.int64))
             if state_indices.numel() != N:
                 raise ValueError(f"`state_indices` must have N={N} entries, got {state_indices.numel()}")
-        elif state.shape[0] < N:
-            raise ValueError(f"`state` has {state.shape[0]} slots for N={N} sequences")
+            if check_indices:
+                checks.state_slots(state_indices.tolist(), S)
+        elif S < N:
+            raise ValueError(f"`state` has {S} slots for N={N} sequences")
         scale = checks.scale_value(scale, K)
         raw = [inputs[n].contiguous() for n, kind in self.module.INPUTS if kind != "const"]
         meta = {"consts": {n: float(inputs[n]) for n, kind in self.module.INPUTS if kind == "const"}}
@@ -292,10 +326,10 @@ class RecurrentOp:
         o = torch.empty_like(v)
         self.module.KERNELS["decode"][(N * HV, NV)](
             q.contiguous(), k.contiguous(), v.contiguous(), *self.kernel_inputs(raw, meta),
-            o, state, state_indices, scale, **norm,
+            o, state, state_indices, scale, S, **norm,
             H=H, HV=HV, K=K, V=V, BK=BK, BV=BV, USE_INDICES=state_indices is not None,
         )
-        return o.unsqueeze(1) if squeeze else o
+        return o.unsqueeze(1) if token_axis else o
 
 
 class _Flip:

@@ -1,42 +1,78 @@
-from fla.ops._entry import beta_option, fused_recurrent, ones_like_heads, unsupported, variant_name
+import torch
+import torch.nn.functional as F
+
+from fla.ops._entry import (beta_option, expect_shape, fused_recurrent, no_head_first, ones_like_heads, refuse,
+                            state_v_first_option, tensor, variant_name)
+
+
+def _gate_shapes(g, A_log, dt_bias, HV):
+    """Checks of the in-kernel gate's inputs: g [B, T, HV], A_log [HV], dt_bias [HV] or None."""
+    tensor("g", g, 3, "[B, T, HV] (the raw gate input)")
+    expect_shape("A_log", A_log, (HV,), f"[HV] = [{HV}]")
+    if dt_bias is not None:
+        expect_shape("dt_bias", dt_bias, (HV,), f"[HV] = [{HV}]")
 
 
 def fused_recurrent_gated_delta_rule(q, k, v, g=None, gk=None, gv=None, beta=None, scale=None, initial_state=None,
                                      output_final_state=False, use_qk_l2norm_in_kernel=False,
                                      use_gate_in_kernel=False, A_log=None, dt_bias=None,
                                      use_beta_sigmoid_in_kernel=False, allow_neg_eigval=False, state_v_first=False,
-                                     cu_seqlens=None, **kwargs):
+                                     cu_seqlens=None, *, transpose_state_layout=None, head_first=False):
     """Gated DeltaNet, token by token: S_t = (I - beta_t k_t k_t^T) exp(g_t) S_{t-1} + beta_t k_t v_t^T.
 
     g [B, T, HV] is the log decay, or with ``use_gate_in_kernel`` the raw input of
-    g = -exp(A_log) softplus(g + dt_bias) (A_log, dt_bias [HV]; dt_bias None means 0).
-    A per-key ``gk`` [B, T, HV, K] instead of g gives KDA's transition. beta [B, T, HV] (ones
-    when None), optionally through sigmoid (x2 with ``allow_neg_eigval``) in the kernel.
+    g = -exp(A_log) softplus(g + dt_bias) (A_log [HV] required, dt_bias [HV], None means 0;
+    both refused without ``use_gate_in_kernel``). A per-key log decay ``gk`` [B, T, HV, K]
+    gives KDA's transition; with ``g`` too the decays multiply, as in FLA (the gate acts on
+    ``g`` only). beta [B, T, HV] (ones when None), optionally through sigmoid (x2 with
+    ``allow_neg_eigval``) in the kernel. Not supported: ``gv``, per-value beta [B, T, HV, V].
+    ``transpose_state_layout`` is FLA's deprecated name of ``state_v_first``.
     """
-    unsupported("gv", gv, "value-side gates are not in the recurrence IR yet")
-    if g is not None and gk is not None:
-        raise ValueError("give at most one of `g` and `gk`")
+    no_head_first(head_first)
+    refuse("gv", gv, "value-side gates are not in the recurrence IR yet")
+    state_v_first = state_v_first_option(state_v_first, transpose_state_layout)
     act = beta_option(use_beta_sigmoid_in_kernel, allow_neg_eigval)
-    beta = ones_like_heads(v) if beta is None else beta
+    HV = tensor("v", v, 4, "[B, T, HV, V]").shape[2]
+    if beta is None:
+        beta = ones_like_heads(v)
+    elif isinstance(beta, torch.Tensor) and beta.dim() == 4:
+        raise NotImplementedError("a per-value `beta` [B, T, HV, V] is not supported: give beta [B, T, HV]")
+    if use_gate_in_kernel:
+        if g is None:
+            raise ValueError("`g` (the raw gate input) must be given when `use_gate_in_kernel=True`")
+        if A_log is None:
+            raise ValueError("`A_log` [HV] must be given when `use_gate_in_kernel=True`")
+        _gate_shapes(g, A_log, dt_bias, HV)
+    else:
+        for name, x in (("A_log", A_log), ("dt_bias", dt_bias)):
+            if x is not None:
+                raise ValueError(f"`{name}` takes effect only with `use_gate_in_kernel=True`")
     if gk is not None:
+        # KDA's transition with the log decay gk (+ g per head, gated here in PyTorch when asked)
+        tensor("gk", gk, 4, "[B, T, HV, K]")
+        if g is not None:
+            tensor("g", g, 3, "[B, T, HV]")
+            if tuple(g.shape) != tuple(gk.shape[:3]):
+                raise ValueError(f"`g` must have shape [B, T, HV] = {list(gk.shape[:3])} (from `gk`), "
+                                 f"got {tuple(g.shape)}")
+            if use_gate_in_kernel:
+                bias = dt_bias.float() if dt_bias is not None else 0.0
+                g = -torch.exp(A_log.float()) * F.softplus(g.float() + bias)
+            gk = gk + g.unsqueeze(-1)
         from fla.ops.kda import fused_recurrent_kda
-        return fused_recurrent_kda(q, k, v, gk, beta, A_log=A_log, dt_bias=dt_bias, scale=scale,
-                                   initial_state=initial_state, output_final_state=output_final_state,
+        return fused_recurrent_kda(q, k, v, gk, beta, scale=scale, initial_state=initial_state,
+                                   output_final_state=output_final_state,
                                    use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel,
-                                   use_gate_in_kernel=use_gate_in_kernel,
                                    use_beta_sigmoid_in_kernel=use_beta_sigmoid_in_kernel,
                                    allow_neg_eigval=allow_neg_eigval, state_v_first=state_v_first,
                                    cu_seqlens=cu_seqlens)
     if g is None:
-        if use_gate_in_kernel:
-            raise ValueError("`g` (the raw gate input) must be given when `use_gate_in_kernel=True`")
-        g = v.new_zeros(v.shape[:3], dtype=v.dtype)
+        g = v.new_zeros(v.shape[:3])
     inputs = {"g": g, "beta": beta}
     if use_gate_in_kernel:
-        if A_log is None:
-            raise ValueError("`A_log` must be given when `use_gate_in_kernel=True`")
         inputs["A_log"] = A_log
-        inputs["dt_bias"] = dt_bias if dt_bias is not None else A_log.new_zeros(A_log.shape)
+        inputs["dt_bias"] = dt_bias if dt_bias is not None else A_log.new_zeros(HV)
     variant = variant_name("gated_delta_rule", use_qk_l2norm_in_kernel, "_gate" if use_gate_in_kernel else "", act)
-    return fused_recurrent(variant, q, k, v, inputs, scale, initial_state, output_final_state, False, cu_seqlens,
-                           state_v_first)
+    return fused_recurrent(variant, q, k, v, inputs, scale=scale, initial_state=initial_state,
+                           output_final_state=output_final_state, cu_seqlens=cu_seqlens,
+                           state_v_first=state_v_first)
