@@ -861,6 +861,18 @@ def test_every_chunk_size_matches_reference(variant, chunk_size):
                        cu_seqlens=_cu(0, 19, 37))
 
 
+def test_huge_checkpoint_interval_is_one_checkpoint_per_sequence():
+    """An interval far past the sequences (2**31) is one checkpoint per sequence: the backward's
+    scratch is sized by the sequences, not by the interval (it asked for 2 TB)."""
+    a = _case("gla", b=1, t=5, hv=1)
+    leaves = {n: x.detach().clone().requires_grad_(True) for n, x in a.items()}
+    o, _ = _run("gla", "recurrent", leaves, checkpoint_interval=2 ** 31)
+    grads = torch.autograd.grad(o.sum(), list(leaves.values()))
+    base = torch.autograd.grad(_run("gla", "recurrent", leaves)[0].sum(), list(leaves.values()))
+    for x, y in zip(grads, base):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("variant", ["gla", "gated_delta_rule"])
 def test_every_checkpoint_interval_gives_the_default_answer(variant):
     """Any positive int (1, 7, 64, 100): the same output, final state and gradients as the default
@@ -1116,6 +1128,18 @@ def test_decode_unchecked_valid_slots_equal_checked(op, step):
     assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
 
 
+@pytest.mark.parametrize("check", [True, False], ids=["checked", "unchecked"])
+def test_decode_strided_slots_are_the_slots_checked(op, step, check):
+    """A non-contiguous `state_indices` (a view of every other entry) decodes the slots it holds
+    (the ones the host check read), as its contiguous copy does."""
+    outs = []
+    for idx in (_idx([3, 9, 0, 9])[::2], _idx([3, 0])):
+        buf, state = _pool()
+        kw = {} if check else {"check_indices": False}
+        outs.append((_decode(op, dict(step, state=state), state_indices=idx, **kw), buf))
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+
+
 def test_decode_normaliser_pair_skips_negative_slot(step):
     """With (S, z) states a skipped sequence touches neither S nor z."""
     op = get_op("linear_attn_normalized")
@@ -1335,7 +1359,8 @@ def _poisonable(variant):
 # A NaN or Inf in v still reaches the earlier rows of its chunk in the chunked ops (through the
 # causal mask's zeros in the intra-chunk matmul; keeping it out measured up to 25% slower on the
 # H200): a known limitation, strict xfail so that a fix shows
-_V_LEAK = pytest.mark.xfail(strict=True, reason="chunked: NaN/Inf in v reaches earlier rows of its chunk")
+_V_LEAK = pytest.mark.xfail(strict=True, raises=AssertionError,
+                            reason="chunked: NaN/Inf in v reaches earlier rows of its chunk")
 NAN_CASES = [pytest.param("chunk", v, n, marks=_V_LEAK if n == "v" else ()) for v in CHUNK_VARIANTS
              for n in _poisonable(v)] + \
     [("recurrent", v, n) for v in CHUNK_VARIANTS + RECURRENT_ONLY for n in _poisonable(v)]

@@ -463,6 +463,14 @@ def test_state_v_first_bad_state(name):
         getattr(ops, name)(**make_args(name), initial_state=[[0.0]], state_v_first=True)
 
 
+@pytest.mark.parametrize("name", ["fused_recurrent_retention", "chunk_gla", "fused_recurrent_linear_attn"])
+def test_state_v_first_wrong_layout_names_the_v_first_shape(name):
+    """A K-first state [N, HV, K, V] (K != V) given with state_v_first=True: the error shows the
+    [N, HV, V, K] shape wanted and the shape passed (not their transposes)."""
+    with pytest.raises(ValueError, match=rf"\[N, HV, V, K\] = \({B}, {HV}, {V}, {K}\).*got \({B}, {HV}, {K}, {V}\)"):
+        getattr(ops, name)(**make_args(name), initial_state=_h0(), state_v_first=True)
+
+
 @pytest.mark.parametrize("name", ["fused_recurrent_delta_rule", "fused_recurrent_gated_delta_rule"])
 def test_default_beta_needs_a_tensor_v(name):
     a = make_args(name)

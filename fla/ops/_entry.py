@@ -99,11 +99,32 @@ def _transposed_state(initial_state):
     return tensor("initial_state", initial_state, 4, what).transpose(-1, -2)
 
 
+def _check_v_first_shape(initial_state, q, v, cu_seqlens):
+    """A [N, HV, V, K] state's shape, in the layout the caller gives (the op checks the
+    transposed one and would name the K-first shape)."""
+    s = initial_state[0] if isinstance(initial_state, tuple) else initial_state
+    if not all(isinstance(x, torch.Tensor) and x.dim() == 4 for x in (s, q, v)):
+        return  # the op's own checks name the culprit
+    if isinstance(cu_seqlens, torch.Tensor) and cu_seqlens.dim() == 1:
+        n = cu_seqlens.numel() - 1
+    elif cu_seqlens is None:
+        n = q.shape[0]
+    else:
+        return
+    expected = (n, v.shape[2], v.shape[3], q.shape[3])
+    if tuple(s.shape) != expected:
+        name = "initial_state[0]" if isinstance(initial_state, tuple) else "initial_state"
+        raise ValueError(f"`{name}` must have shape [N, HV, V, K] = {expected} (state_v_first=True), "
+                         f"got {tuple(s.shape)}")
+
+
 def _run(call, q, k, v, inputs: dict, initial_state, state_v_first: bool, **options):
     """``call(q, k, v, initial_state=..., **inputs, **options)`` with ``state_v_first`` states
     [N, HV, V, K] on the way in and out (for (S, z) pairs: S)."""
     if state_v_first and initial_state is not None:
-        initial_state = _transposed_state(initial_state)
+        transposed = _transposed_state(initial_state)  # checks it is a 4-dim tensor (or such a pair)
+        _check_v_first_shape(initial_state, q, v, options.get("cu_seqlens"))
+        initial_state = transposed
     o, final_state = call(q, k, v, initial_state=initial_state, **inputs, **options)
     if state_v_first and final_state is not None:
         if isinstance(final_state, tuple):

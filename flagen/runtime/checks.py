@@ -4,6 +4,7 @@ before any kernel runs."""
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
@@ -41,9 +42,15 @@ def scale_value(scale, K: int) -> float:
     return float(scale)
 
 
+def integer(x) -> bool:
+    """An integer (Python's or numpy's), not a bool."""
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
 def positive_int(name: str, x) -> int:
-    if isinstance(x, bool) or not isinstance(x, int):
+    if not integer(x):
         raise TypeError(f"`{name}` must be a positive int, got {x!r}")
+    x = int(x)
     if x < 1:
         raise ValueError(f"`{name}` must be a positive int, got {x}")
     return x

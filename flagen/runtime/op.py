@@ -216,8 +216,7 @@ class RecurrentOp:
         if not self.module.CHUNKED:
             raise NotImplementedError(f"{self.name}: no chunked kernels yet for recurrences with the delta rule "
                                       "or a low-rank transition; call the op (fused recurrent) instead")
-        if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
-                                       or chunk_size not in (16, 32, 64, 128)):
+        if chunk_size is not None and (not checks.integer(chunk_size) or chunk_size not in (16, 32, 64, 128)):
             raise ValueError(f"`chunk_size` must be 16, 32, 64 or 128 (or None), got {chunk_size!r}")
         return self._run(_Chunked, dict(chunk_size=chunk_size and int(chunk_size)), q, k, v, scale, initial_state,
                          output_final_state, cu_seqlens, reverse, inputs)
@@ -225,6 +224,11 @@ class RecurrentOp:
     def _run(self, function, options, q, k, v, scale, initial_state, output_final_state, cu_seqlens, reverse,
              inputs):
         N, seq_lens = self._check(q, k, v, inputs, initial_state, cu_seqlens)
+        if "ckpt_interval" in options:
+            # an interval past the longest sequence means one checkpoint per sequence: cap it, as
+            # the backward's scratch holds ckpt_interval states (2**31 would not fit in memory)
+            cap = max(DEFAULT_CHECKPOINT_INTERVAL, triton.next_power_of_2(max(seq_lens, default=1)))
+            options = dict(options, ckpt_interval=min(options["ckpt_interval"], cap))
         if cu_seqlens is not None:
             cu_seqlens = cu_seqlens.contiguous()  # the kernels index it as a flat array
         scale = checks.scale_value(scale, q.shape[-1])
@@ -309,6 +313,7 @@ class RecurrentOp:
                                  f"got {tuple(state_z.shape)}")
         if state_indices is not None:
             checks.tensor("state_indices", state_indices, ndim=1, device=q.device, dtypes=(torch.int32, torch.int64))
+            state_indices = state_indices.contiguous()  # the kernel indexes it as a flat array
             if state_indices.numel() != N:
                 raise ValueError(f"`state_indices` must have N={N} entries, got {state_indices.numel()}")
             if check_indices:
