@@ -29,14 +29,6 @@ def _tiles(K: int, V: int, budget: int) -> tuple[int, int, int]:
     return BK, BV, triton.cdiv(V, BV)
 
 
-def _input_shape(kind: str, B: int, T: int, HV: int, K: int) -> tuple:
-    return {"token": (B, T, HV), "token_key": (B, T, HV, K), "head": (HV,), "head_key": (HV, K)}[kind]
-
-
-def _input_what(kind: str) -> str:
-    return {"token": "[B, T, HV]", "token_key": "[B, T, HV, K]", "head": "[HV]", "head_key": "[HV, K]"}[kind]
-
-
 class _Recurrent(torch.autograd.Function):
     @staticmethod
     def forward(ctx, op, meta, q, k, v, h0, z0, *raw):
