@@ -2,7 +2,8 @@
 without one: Triton compiles for an sm_90 target on any machine, and the cubin's resource
 usage (cuobjdump, shipped with Triton) says what each kernel costs in registers and local
 memory. Spills are the first suspect when a kernel gets slower, and this checks them in
-seconds, before any device time is spent.
+seconds, before any device time is spent. The compile time is the CPU's share of a first call
+(with TRITON_CACHE_DIR pointing at an empty folder; a warm cache makes it ~0).
 
     python benchmarks/kernel_resources.py --variants gla,rwkv6 [--K 128 --V 128] [--dtype bf16]
     python benchmarks/kernel_resources.py --variants gla --modules OTHER_TREE/generated
@@ -19,6 +20,7 @@ import importlib.util
 import os
 import subprocess
 import tempfile
+import time
 
 import torch
 import triton
@@ -31,11 +33,12 @@ from flagen.runtime import chunked
 
 # fp32 buffers of the runtime (states given or returned, the normaliser's sums and divisors)
 FP32_POINTERS = {"h0", "ht", "dht", "dh0", "w", "den", "z", "z0", "zt", "dz", "dzt", "dz0", "dq", "dk"}
-INTS = {"T", "NT", "NC"}
+INTS = {"T", "NT", "NC", "NS"}
 INDEX_POINTERS = {"cu_seqlens", "chunk_indices", "chunk_offsets"}
 # kernel -> (TILES kind, pass whose chunk size it runs with)
 KINDS = {"chunk_fwd_h": ("h", 0), "chunk_fwd_o": ("o", 0), "chunk_bwd_dh": ("dh", 1), "chunk_bwd_dv": ("dv", 1),
          "chunk_bwd_dqk": ("dqk", 1)}
+KINDS.update({f"{kernel}_exact": KINDS[kernel] for kernel in ("chunk_fwd_o", "chunk_bwd_dv", "chunk_bwd_dqk")})
 
 
 def load_module(path: str):
@@ -54,7 +57,8 @@ def resources(module, kernel: str, K: int, V: int, dtype: torch.dtype) -> str:
     data = {torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32"}[dtype]
     state = "*bf16" if DT == tl.bfloat16 else "*fp32"
     consts = dict(H=16, HV=16, K=K, V=V, BT=BT, BK=BK, BV=BV, DT=DT, BC=chunked.SUB_CHUNK, IS_VARLEN=False,
-                  USE_H0=False, STORE_HT=False, USE_DHT=False, STORE_DH0=False, USE_Z0=False, USE_DZT=False)
+                  USE_H0=False, STORE_HT=False, USE_DHT=False, STORE_DH0=False, USE_Z0=False, USE_DZT=False,
+                  FB=chunked.FLAG_BLOCK)
     consts = {n: v for n, v in consts.items() if n in fn.arg_names}
     signature = {}
     for name in fn.arg_names:
@@ -66,14 +70,18 @@ def resources(module, kernel: str, K: int, V: int, dtype: torch.dtype) -> str:
             signature[name] = "fp32"
         elif name in INDEX_POINTERS:
             signature[name] = "*i32"
+        elif name == "strong":
+            signature[name] = "*i8"
         elif name in ("h", "dh"):
             signature[name] = state
         elif name in FP32_POINTERS or name.startswith("grad_") or name in dict(module.INPUTS):
             signature[name] = "*fp32"  # gates and parameters are fp32, as the tests give them
         else:
             signature[name] = data
+    start = time.perf_counter()
     compiled = triton.compile(ASTSource(fn, signature, consts), target=GPUTarget("cuda", 90, 64),
                               options=dict(num_warps=launch["num_warps"], num_stages=launch.get("num_stages", 3)))
+    seconds = time.perf_counter() - start
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(compiled.asm["cubin"])
         f.flush()
@@ -82,7 +90,7 @@ def resources(module, kernel: str, K: int, V: int, dtype: torch.dtype) -> str:
     usage = next((line.strip() for line in out.splitlines() if "REG:" in line), "?")
     fields = dict(part.split(":") for part in usage.split() if ":" in part)
     return (f"| {BT} | {BK} | {BV} | {launch['num_warps']} | {launch.get('num_stages', '-')} "
-            f"| {fields.get('REG', '?')} | {fields.get('STACK', '?')} | {compiled.metadata.shared} |")
+            f"| {fields.get('REG', '?')} | {fields.get('STACK', '?')} | {compiled.metadata.shared} | {seconds:.1f} |")
 
 
 def main():
@@ -95,12 +103,13 @@ def main():
     a = p.parse_args()
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[a.dtype]
     print(f"Triton {triton.__version__}, sm_90, {a.dtype}, K={a.K}, V={a.V}; STACK is spilled bytes per thread.\n")
-    print("| variant | kernel | BT | BK | BV | warps | stages | registers | stack | shared |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| variant | kernel | BT | BK | BV | warps | stages | registers | stack | shared | compile s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for variant in a.variants.split(","):
         module = load_module(os.path.join(a.modules, f"{variant}.py"))
         for kernel in KINDS:
-            print(f"| {variant} | {kernel} {resources(module, kernel, a.K, a.V, dtype)}")
+            if kernel in module.KERNELS:  # (the exact passes: per-key path only)
+                print(f"| {variant} | {kernel} {resources(module, kernel, a.K, a.V, dtype)}")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 # The chunked-ops benchmark on the GPU (device tool): ours, FLA 0.6.0 (from the wheels in
 # .whl/, unpacked to a temp dir and imported in its own process) and torch SDPA.
 #   bash benchmarks/run_chunk_bench.sh [ours|fla|sdpa|all] [--ops chunk_gla,...]
-#   bash benchmarks/run_chunk_bench.sh revisions DIR [ROUNDS]
+#   bash benchmarks/run_chunk_bench.sh revisions DIR [ROUNDS [--ops chunk_gla,...]]
 #       this tree against another revision's tree in DIR (e.g. `git archive REV | tar -x -C DIR`,
 #       carried to the device), ROUNDS alternated runs each (default 2), plus SDPA
 # Writes JSON and results.md (before_after.md) to $OUT (or ./bench-out).
@@ -12,13 +12,13 @@ out=$(realpath -m "${OUT:-bench-out}"); mkdir -p "$out"
 what=${1:-all}; shift || true
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 FLAGEN_CACHE_DIR=${FLAGEN_CACHE_DIR:-$(mktemp -d)}
 if [[ $what == revisions ]]; then
-  before=$(realpath "$1"); rounds=${2:-2}
+  before=$(realpath "$1"); rounds=${2:-2}; shift $(( $# < 2 ? $# : 2 ))
   for ((i = 0; i < rounds; i++)); do
-    (cd "$before" && PYTHONPATH=$before python3 benchmarks/bench_chunk.py --impl flagen --out "$out/before$i.json") \
+    (cd "$before" && PYTHONPATH=$before python3 benchmarks/bench_chunk.py --impl flagen --out "$out/before$i.json" "$@") \
       > "$out/before$i.log"
-    python3 benchmarks/bench_chunk.py --impl flagen --out "$out/after$i.json" > "$out/after$i.log"
+    python3 benchmarks/bench_chunk.py --impl flagen --out "$out/after$i.json" "$@" > "$out/after$i.log"
   done
-  python3 benchmarks/bench_chunk.py --impl sdpa --out "$out/sdpa.json"
+  python3 benchmarks/bench_chunk.py --impl sdpa --out "$out/sdpa.json" "$@"
   python3 benchmarks/compare_revisions.py --before "$out"/before*.json --after "$out"/after*.json \
     --sdpa "$out/sdpa.json" | tee "$out/before_after.md"
   exit

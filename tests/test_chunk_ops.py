@@ -163,6 +163,46 @@ def test_extreme_decays(variant, pattern):
             close(f"d{name} (chunk {chunk_size})", a, b, TOL)
 
 
+@pytest.mark.parametrize("varlen", [False, True], ids=["fixed", "varlen"])
+@pytest.mark.parametrize("variant", ["gla", "rwkv6"])
+def test_strong_chunks_among_mild(variant, varlen, monkeypatch):
+    """The per-key path's exact pass redoes exactly the chunks its fast pass flags: strong
+    decays in a few chunks of some sequences and heads (a reset, a channel at -8), mild ones
+    elsewhere, fixed length and packed with an empty sequence, the flags scanned 16 at a time
+    (more flags than one block): everything equals the reference."""
+    from flagen.runtime import chunked as runtime
+    monkeypatch.setattr(runtime, "FLAG_BLOCK", 16)
+    spec = BUILTINS[variant]
+    gen = torch.Generator().manual_seed(1)
+    B, T, HV, K, V = 2, 150, 2, 20, 24
+    g = -0.5 * torch.rand(B, T, HV, K, generator=gen, dtype=torch.float64)
+    g[0, 5, 0] = float("-inf")      # sequence 0 (fixed) / the first sequence, head 0, chunk 0
+    g[1, 70:90, 1, 3] = -8.0        # the last sequence, head 1, chunk 1
+    g[1, 140, 0] = -1e4             # the last sequence, head 0, its last chunk
+    cu = None
+    q, k = (torch.randn(B, T, 1, K, generator=gen) for _ in range(2))
+    v = torch.randn(B, T, HV, V, generator=gen)
+    if varlen:  # packed as one batch row: lengths 37, 0, 263
+        q, k, v, g = (x.reshape(1, B * T, *x.shape[2:]) for x in (q, k, v, g))
+        cu = torch.tensor([0, 37, 37, B * T]).to(DEVICE)
+    N = B if cu is None else 3
+    q, k, v = (x.to(DEVICE, DTYPE).requires_grad_(True) for x in (q, k, v))
+    h0 = torch.randn(N, HV, K, V, generator=gen).to(DEVICE).requires_grad_(True)
+    inputs = {n: f(g).to(DEVICE, torch.float32).requires_grad_(True) for n, f in GATE_INPUTS[variant].items()}
+    if variant == "rwkv6":
+        inputs["u"] = torch.randn(HV, K, generator=gen).to(DEVICE).requires_grad_(True)
+    leaves = [q, k, v, h0, *inputs.values()]
+    ro, rht = reference.run(spec, q, k, v, initial_state=h0, output_final_state=True, cu_seqlens=cu, **inputs)
+    do = torch.randn(ro.shape, generator=gen).to(DEVICE)
+    theirs = torch.autograd.grad((ro * do).sum() + rht.sum(), leaves)
+    o, ht = get_op(variant).chunk(q, k, v, initial_state=h0, output_final_state=True, cu_seqlens=cu, **inputs)
+    close("o", o, ro, TOL)
+    close("final_state", ht, rht, STATE_TOL)
+    for name, a, b in zip(["q", "k", "v", "h0", *inputs], torch.autograd.grad((o * do).sum() + ht.sum(), leaves),
+                          theirs):
+        close(f"d{name}", a, b, TOL)
+
+
 NAN_FAMILIES = ["retention", "linear_attn", "linear_attn_normalized", "simple_gla", "gla", "rwkv6"]
 
 

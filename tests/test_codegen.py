@@ -119,7 +119,7 @@ def test_normaliser_is_specialised_into_the_kernels():
         src = render.render(spec).split("\nimport triton", 1)[1]  # past the header (it lists templates)
         kernels = src.split("KERNELS = {", 1)[1]
         if spec.normalize:
-            for kernel in ("recurrent_fwd", "decode_step", "chunk_fwd_o"):
+            for kernel in ("recurrent_fwd", "decode_step", "chunk_fwd_o_tile"):
                 body = src.split(f"def {name}_{kernel}(", 1)[1].split("@triton.jit", 1)[0]
                 assert "b_o = b_o / b_den" in body, f"{name}_{kernel} does not divide by the divisor"
             assert '"normalizer_bwd"' in kernels

@@ -4,11 +4,15 @@ Forward: ``chunk_fwd_h`` (the state at every chunk start, one program per sequen
 state tile walking its chunks), then ``chunk_fwd_o`` (every chunk's output in parallel).
 Backward: ``chunk_fwd_h`` again (states are recomputed, not stored), ``chunk_bwd_dh`` (the
 state gradients, walking backwards), ``chunk_bwd_dv`` and ``chunk_bwd_dqk`` (in parallel
-over chunks; the latter also gives every gate and parameter gradient).
+over chunks; the latter also gives every gate and parameter gradient). On the per-key decay
+path, ``chunk_fwd_o``, ``chunk_bwd_dv`` and ``chunk_bwd_dqk`` each have an exact pass over the
+chunks whose decays are too strong for the fast one (``_launch_passes``).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import functools
 import os
 from dataclasses import dataclass
 
@@ -47,6 +51,7 @@ for _entry in filter(None, os.environ.get("FLAGEN_CHUNK_TILES", "").split(";")):
     _kind, _values = _entry.split("=")
     TILES[_kind.strip()] = tuple(int(x) for x in _values.split(","))
 SUB_CHUNK = 16  # BC: rows per sub-chunk on the per-key decay path (bounds every exponent)
+FLAG_BLOCK = 256  # FB: flags an exact-pass program scans at once (_launch_passes)
 
 
 def chunk_sizes(module, chunk_size: int | None) -> tuple[int, int]:
@@ -121,6 +126,68 @@ def _sub_chunk(op) -> dict:
     return {"BC": SUB_CHUNK} if op.module.DECAY == "key" else {}
 
 
+def _strong_flags(op, chunks, HV, device):
+    """The per-key path's flags of the chunks that take the exact pass (_launch_passes)."""
+    return torch.empty(chunks.NC, HV, dtype=torch.int8, device=device) if op.module.DECAY == "key" else None
+
+
+def _launch_passes(kern, launches, strong) -> None:
+    """Launch chunk-parallel kernels, each as (kind, grid, args, kwargs), in order. On the
+    per-key path (``strong`` [NC, HV] int8 given) each is two passes: the fast one over
+    ``grid``, then the exact one over the chunks flagged in ``strong`` by the fast pass of
+    chunk_fwd_o or chunk_bwd_dv (_chunk.j2's launchers), on a persistent grid of at most two
+    programs per SM. The exact kernels are compiled ahead, in threads, while the fast ones
+    compile: they would otherwise double a first call's compile time (Triton's compiler
+    releases the GIL)."""
+    if strong is None:
+        for kind, grid, args, kwargs in launches:
+            kern[kind][grid](*args, **kwargs)
+        return
+    programs = triton.cdiv(strong.numel(), FLAG_BLOCK)
+    if strong.is_cuda:
+        programs = min(programs, 2 * _sm_count(strong.device))
+    exact = [(kern[f"{kind}_exact"], (max(programs, 1),), (*args, strong, strong.numel()),
+              dict(FB=FLAG_BLOCK, **kwargs)) for kind, _, args, kwargs in launches]
+    pending = [_compile_ahead(*launch) for launch in exact]
+    for (kind, grid, args, kwargs), (kernel, egrid, eargs, ekwargs), ready in zip(launches, exact, pending):
+        kern[kind][grid](*args, strong=strong, **kwargs)
+        if ready is not None:
+            ready.result()
+        kernel[egrid](*eargs, **ekwargs)
+
+
+@functools.cache
+def _sm_count(device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+_compiled_ahead: set = set()
+
+
+def _compile_ahead(kernel, grid, args, kwargs):
+    """Compile ``kernel`` for these arguments in a thread, once per specialisation: a future,
+    or None where there is nothing to do (compiled before, or the interpreter)."""
+    if os.environ.get("TRITON_INTERPRET") == "1" or not args[0].is_cuda:
+        return None
+    key = (kernel, tuple(sorted(kwargs.items())), *(
+        (x.dtype, x.data_ptr() % 16 == 0) if torch.is_tensor(x) else
+        (x == 1, x % 16 == 0) if isinstance(x, int) else type(x) for x in args))
+    if key in _compiled_ahead:
+        return None
+    _compiled_ahead.add(key)
+    device = args[0].device
+
+    def compile_():
+        with torch.cuda.device(device):
+            kernel.warmup(*args, grid=grid, **kwargs)
+    return _compile_pool().submit(compile_)
+
+
+@functools.cache
+def _compile_pool():
+    return concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="flagen-compile")
+
+
 def _states(op, meta, q, k, v, h0, z0, inputs, chunks, BT, DT, hdtype, store_ht):
     """Run chunk_fwd_h: (h, final state, z, final z), the states at every chunk start and the
     final state; with the normaliser also the sums of keys z at every chunk start (else None)."""
@@ -160,13 +227,15 @@ class _Chunked(torch.autograd.Function):
         # with the normaliser, every token's divisor (for the backward)
         den = torch.empty(B, T, HV, dtype=torch.float32, device=q.device) if z is not None else None
         if chunks.NC:
+            strong = _strong_flags(op, chunks, HV, q.device)
             BK, BV, W = tiles("o", K, V, op.module.DECAY, q.element_size())
-            kern["chunk_fwd_o"][(*chunks.grid, triton.cdiv(V, BV))](
-                q, k, v, *inputs, h, o, meta["cu"], chunks.indices, meta["scale"], T,
-                **(dict(z=z, den=den) if z is not None else {}),
-                H=H, HV=HV, K=K, V=V, BT=BT, BK=BK, BV=BV, DT=DT, IS_VARLEN=meta["cu"] is not None,
-                **W, **_sub_chunk(op),
-            )
+            _launch_passes(kern, [(
+                "chunk_fwd_o", (*chunks.grid, triton.cdiv(V, BV)),
+                (q, k, v, *inputs, h, o, meta["cu"], chunks.indices, meta["scale"], T),
+                dict(**(dict(z=z, den=den) if z is not None else {}),
+                     H=H, HV=HV, K=K, V=V, BT=BT, BK=BK, BV=BV, DT=DT, IS_VARLEN=meta["cu"] is not None,
+                     **W, **_sub_chunk(op)),
+            )], strong)
         if meta["needs_grad"]:
             ctx.save_for_backward(q, k, v, h0, z0, o if den is not None else None, den, *raw)
             ctx.op, ctx.meta, ctx.chunks = op, meta, chunks
@@ -219,17 +288,18 @@ class _Chunked(torch.autograd.Function):
         layout = {"token": (NK, NT, HV), "token_key": (NT, HV, K), "head": (NK, NC, HV), "head_key": (NC, HV, K)}
         grads = {name: torch.empty(layout[kinds[name]], **f32) for name in op.module.GRADS}
         if NC:
+            strong = _strong_flags(op, chunks, HV, q.device)  # chunk_bwd_dv flags, chunk_bwd_dqk reads
             BKv, BVv, Wv = tiles("dv", K, V, op.module.DECAY, q.element_size())
-            kern["chunk_bwd_dv"][(*chunks.grid, triton.cdiv(V, BVv))](
-                q, k, *inputs, do, dh, dv, cu, chunks.indices, meta["scale"], T,
-                H=H, HV=HV, K=K, V=V, BT=BT, BK=BKv, BV=BVv, DT=DT, IS_VARLEN=varlen, **Wv,
-                **_sub_chunk(op),
-            )
-            kern["chunk_bwd_dqk"][(*chunks.grid, NK)](
-                q, k, v, *inputs, h, do, dh, dq, dk, *grads.values(), cu, chunks.indices, meta["scale"], T, NT, NC,
-                **norm_dqk, H=H, HV=HV, K=K, V=V, BT=BT, BK=BKq, BV=BVq, DT=DT, IS_VARLEN=varlen, **Wq,
-                **_sub_chunk(op),
-            )
+            _launch_passes(kern, [(
+                "chunk_bwd_dv", (*chunks.grid, triton.cdiv(V, BVv)),
+                (q, k, *inputs, do, dh, dv, cu, chunks.indices, meta["scale"], T),
+                dict(H=H, HV=HV, K=K, V=V, BT=BT, BK=BKv, BV=BVv, DT=DT, IS_VARLEN=varlen, **Wv, **_sub_chunk(op)),
+            ), (
+                "chunk_bwd_dqk", (*chunks.grid, NK),
+                (q, k, v, *inputs, h, do, dh, dq, dk, *grads.values(), cu, chunks.indices, meta["scale"], T, NT, NC),
+                dict(**norm_dqk, H=H, HV=HV, K=K, V=V, BT=BT, BK=BKq, BV=BVq, DT=DT, IS_VARLEN=varlen, **Wq,
+                     **_sub_chunk(op)),
+            )], strong)
         else:  # no tokens at all
             dv.zero_(), dq.zero_(), dk.zero_()
             for g in grads.values():
