@@ -165,16 +165,12 @@ _compiled_ahead: set = set()
 
 
 def _compile_ahead(kernel, grid, args, kwargs):
-    """Compile ``kernel`` for these arguments in a thread, once per specialisation: a future,
-    or None where there is nothing to do (compiled before, or the interpreter)."""
-    if os.environ.get("TRITON_INTERPRET") == "1" or not args[0].is_cuda:
+    """Compile ``kernel`` for these arguments in a thread, the first time it is launched: a
+    future, or None (compiled ahead before, or the interpreter). One set lookup per call on
+    the hot path; a later specialisation (other head dims or dtypes) compiles at its launch."""
+    if kernel in _compiled_ahead or os.environ.get("TRITON_INTERPRET") == "1" or not args[0].is_cuda:
         return None
-    key = (kernel, tuple(sorted(kwargs.items())), *(
-        (x.dtype, x.data_ptr() % 16 == 0) if torch.is_tensor(x) else
-        (x == 1, x % 16 == 0) if isinstance(x, int) else type(x) for x in args))
-    if key in _compiled_ahead:
-        return None
-    _compiled_ahead.add(key)
+    _compiled_ahead.add(kernel)
     device = args[0].device
 
     def compile_():
