@@ -1,0 +1,9 @@
+"""FLA 0.6.0's ``fla.layers``: token-mixing layers with FLA's names, arguments and parameter
+names, on flagen's kernels. forward(hidden_states, attention_mask=None, past_key_values=None,
+use_cache=False, output_attentions=False, **kwargs) -> (o, None, past_key_values)."""
+
+from fla.layers.gla import GatedLinearAttention
+from fla.layers.multiscale_retention import MultiScaleRetention
+from fla.layers.recurrent import RecurrentLayer
+
+__all__ = ["GatedLinearAttention", "MultiScaleRetention", "RecurrentLayer"]

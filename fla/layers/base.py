@@ -1,0 +1,109 @@
+"""What the q/k/v token-mixing layers share: head dims from FLA's expand ratios and grouped
+heads, the projections with optional short convolutions, the output gate and norm, and the
+forward pass around a family's mixing step (padding packed away, cache read and written)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+from einops import rearrange, repeat
+
+from fla.layers.utils import layer_state, repad, store_state, unpad
+from fla.modules import FusedRMSNormGated, RMSNorm, ShortConvolution
+
+
+class QKVLayer(nn.Module):
+    """A token-mixing layer with q, k, v projections. A family sets its parameters in __init__
+    through ``_init_dims``, ``_init_qkv`` and ``_init_readout`` and implements
+    ``_mix(x, q, k, v, state, use_cache, cu_seqlens, context) -> (o [1 or B, T, H, dv],
+    recurrent state)``. forward(hidden_states [B, T, hidden_size], attention_mask [B, S] 0/1
+    padding, past_key_values (fla.models.Cache), use_cache) -> (o, None, past_key_values)."""
+
+    def _init_dims(self, hidden_size, expand_k, expand_v, num_heads, num_kv_heads):
+        self.hidden_size, self.expand_k, self.expand_v, self.num_heads = hidden_size, expand_k, expand_v, num_heads
+        self.num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+        if self.num_kv_heads < 1 or num_heads % self.num_kv_heads:
+            raise ValueError(f"`num_kv_heads` ({self.num_kv_heads}) must divide `num_heads` ({num_heads})")
+        self.num_kv_groups = num_heads // self.num_kv_heads
+        key_dim, value_dim = hidden_size * expand_k, hidden_size * expand_v
+        self.key_dim, self.value_dim = round(key_dim), round(value_dim)
+        for name, exact, dim in (("expand_k", key_dim, self.key_dim), ("expand_v", value_dim, self.value_dim)):
+            if not math.isclose(exact, dim) or dim % num_heads:
+                raise ValueError(f"`hidden_size * {name}` ({exact}) must be an integer divisible by `num_heads` "
+                                 f"({num_heads})")
+        self.key_dim_per_group = self.key_dim // self.num_kv_groups
+        self.value_dim_per_group = self.value_dim // self.num_kv_groups
+        self.head_k_dim, self.head_v_dim = self.key_dim // num_heads, self.value_dim // num_heads
+
+    def _init_qkv(self, use_short_conv, conv_size, conv_bias):
+        self.q_proj = nn.Linear(self.hidden_size, self.key_dim, bias=False)
+        self.k_proj = nn.Linear(self.hidden_size, self.key_dim_per_group, bias=False)
+        self.v_proj = nn.Linear(self.hidden_size, self.value_dim_per_group, bias=False)
+        self.use_short_conv, self.conv_size, self.conv_bias = use_short_conv, conv_size, conv_bias
+        if use_short_conv:
+            for name, dim in (("q", self.key_dim), ("k", self.key_dim_per_group), ("v", self.value_dim_per_group)):
+                setattr(self, f"{name}_conv1d", ShortConvolution(dim, conv_size, bias=conv_bias, activation="silu"))
+
+    def _init_readout(self, use_output_gate, gate_fn, fuse_norm, elementwise_affine, norm_eps, activations):
+        """g_proj (with ``use_output_gate``), the per-head norm fused with a swish gate
+        (g_norm_swish_gate) or apart (g_norm, in fp32, and ``activations[gate_fn]``), o_proj."""
+        self.use_output_gate = use_output_gate
+        if use_output_gate:
+            self.g_proj = nn.Linear(self.hidden_size, self.value_dim, bias=False)
+        self.o_proj = nn.Linear(self.value_dim, self.hidden_size, bias=False)
+        self.fuse_norm_and_gate = gate_fn == "swish" and fuse_norm and use_output_gate
+        if self.fuse_norm_and_gate:
+            self.g_norm_swish_gate = FusedRMSNormGated(self.head_v_dim, elementwise_affine, norm_eps)
+        else:
+            self.g_norm = RMSNorm(self.head_v_dim, elementwise_affine, eps=norm_eps, dtype=torch.float32)
+            self.gate_fn = activations[gate_fn]
+
+    def _heads(self, q, k, v, *per_key):
+        """q [.., key_dim] and k, v, per-key gates [.., *_per_group] split into heads, the grouped
+        ones repeated to every head: [.., num_heads, head dim]."""
+        q = rearrange(q, "... (h d) -> ... h d", d=self.head_k_dim)
+        g = self.num_kv_groups
+        k, *per_key = (repeat(x, "... (h d) -> ... (h g) d", g=g, d=self.head_k_dim) for x in (k, *per_key))
+        v = repeat(v, "... (h d) -> ... (h g) d", g=g, d=self.head_v_dim)
+        return (q, k, v, *per_key)
+
+    def _project_qkv(self, x, state, use_cache, cu_seqlens):
+        """(q, k, v, conv states or None) of packed or padded x [B, T, hidden_size]."""
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        if not self.use_short_conv:
+            return q, k, v, None
+        caches = state["conv_state"] if state is not None and state["conv_state"] is not None else (None,) * 3
+        out, finals = [], []
+        for conv, y, cache in zip((self.q_conv1d, self.k_conv1d, self.v_conv1d), (q, k, v), caches):
+            y, final = conv(y, cache=cache, output_final_state=use_cache, cu_seqlens=cu_seqlens)
+            out.append(y)
+            finals.append(final)
+        return (*out, tuple(finals) if use_cache else None)
+
+    def _readout(self, o, x):
+        """The per-head norm and output gate of o [.., H, dv], then o_proj: [.., hidden_size]."""
+        if self.use_output_gate:
+            g = self.g_proj(x)
+            if self.fuse_norm_and_gate:
+                o = self.g_norm_swish_gate(o, rearrange(g, "... (h d) -> ... h d", d=self.head_v_dim))
+                o = rearrange(o, "... h d -> ... (h d)")
+            else:
+                o = rearrange(self.g_norm(o), "... h d -> ... (h d)") * self.gate_fn(g)
+        else:
+            o = rearrange(self.g_norm(o), "... h d -> ... (h d)")
+        return self.o_proj(o.to(x.dtype))
+
+    def forward(self, hidden_states, attention_mask=None, past_key_values=None, use_cache=False,
+                output_attentions=False, **kwargs):
+        if output_attentions:
+            raise NotImplementedError(f"{type(self).__name__} has no attention weights to output")
+        B, T = hidden_states.shape[:2]
+        state = layer_state(self, past_key_values)
+        x, indices, cu_seqlens = unpad(hidden_states, attention_mask, kwargs.get("cu_seqlens"))
+        q, k, v, conv_state = self._project_qkv(x, state, use_cache, cu_seqlens)
+        context = dict(attention_mask=attention_mask, past_key_values=past_key_values, seq_len=T)
+        o, recurrent_state = self._mix(x, q, k, v, state, use_cache, cu_seqlens, context)
+        store_state(self, past_key_values, recurrent_state=recurrent_state, conv_state=conv_state, offset=T)
+        return repad(self._readout(o, x), indices, B, T), None, past_key_values

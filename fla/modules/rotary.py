@@ -1,0 +1,93 @@
+"""Rotary position embeddings (RoPE; XPos with ``scale_base``) with FLA 0.6.0's names,
+arguments and buffers."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+
+def rotary_embedding(x, cos, sin, interleaved=False, seqlen_offsets=0, cu_seqlens=None):
+    """Rotate the first R channels of each head of x [B, T, H, D] by the position tables cos, sin
+    [TR, R / 2] at each token's position: t + seqlen_offsets (an int, or a tensor [B], or [N] with
+    ``cu_seqlens``), counted from its own sequence's start with packed ``cu_seqlens`` [N + 1]
+    (B = 1). Halves (GPT-NeoX) or, ``interleaved``, adjacent pairs (GPT-J). Returns x's shape
+    and dtype."""
+    B, T = x.shape[:2]
+    R = 2 * cos.shape[-1]
+    if R > x.shape[-1]:
+        raise ValueError(f"the rotary dim ({R}) exceeds the head dim ({x.shape[-1]})")
+    pos = torch.arange(T, device=x.device)
+    offsets = torch.as_tensor(seqlen_offsets, device=x.device)
+    if cu_seqlens is not None:
+        seq = torch.searchsorted(cu_seqlens[1:].long(), pos, right=True)
+        pos = (pos - cu_seqlens.long()[seq]) + (offsets[seq] if offsets.dim() else offsets)
+        pos = pos[None].expand(B, T)
+    else:
+        pos = pos[None] + (offsets[:, None] if offsets.dim() else offsets)
+        pos = pos.expand(B, T)
+    if int(pos.max()) >= cos.shape[0]:
+        raise ValueError(f"position {int(pos.max())} is past the rotary tables ({cos.shape[0]} positions)")
+    c, s = cos[pos][:, :, None].float(), sin[pos][:, :, None].float()  # [B, T, 1, R / 2]
+    xr = x[..., :R].float()
+    if interleaved:
+        x1, x2 = xr[..., 0::2], xr[..., 1::2]
+        out = torch.stack([x1 * c - x2 * s, x1 * s + x2 * c], -1).flatten(-2)
+    else:
+        x1, x2 = xr.chunk(2, -1)
+        out = torch.cat([x1 * c - x2 * s, x1 * s + x2 * c], -1)
+    return torch.cat([out.to(x.dtype), x[..., R:]], -1)
+
+
+class RotaryEmbedding(nn.Module):
+    """RoPE over the first ``dim`` channels of each head (``interleaved``: adjacent pairs, else
+    halves); with ``scale_base``, XPos (queries scaled up, keys down, centred on the middle of
+    the position tables). Buffers ``inv_freq`` (and ``scale``) [dim / 2], not saved.
+
+    forward(q [B, T, H, D], k [B, T, HK, D], seqlen_offset=0, cu_seqlens=None, max_seqlen=None)
+    -> (q, k): positions t + seqlen_offset (an int, or per sequence a tensor [B] or [N] with packed
+    ``cu_seqlens``); the tables cover ``max_seqlen`` positions, or T + seqlen_offset."""
+
+    def __init__(self, dim: int, base: float = 10000.0, scale_base: float | None = None, interleaved: bool = False,
+                 pos_idx_in_fp32: bool = True, device=None):
+        super().__init__()
+        if dim % 2:
+            raise ValueError(f"the rotary `dim` must be even, got {dim}")
+        self.dim, self.base, self.scale_base = dim, float(base), scale_base
+        self.interleaved, self.pos_idx_in_fp32, self.device = interleaved, pos_idx_in_fp32, device
+        self.register_buffer("inv_freq", self._inv_freq(device), persistent=False)
+        self.register_buffer("scale", None if scale_base is None else
+                             (torch.arange(0, dim, 2, device=device, dtype=torch.float32) + 0.4 * dim) / (1.4 * dim),
+                             persistent=False)
+
+    def _inv_freq(self, device):
+        return 1.0 / (self.base ** (torch.arange(0, self.dim, 2, device=device, dtype=torch.float32) / self.dim))
+
+    def extra_repr(self) -> str:
+        return (f"dim={self.dim}, base={self.base}, interleaved={self.interleaved}"
+                + (f", scale_base={self.scale_base}" if self.scale_base is not None else ""))
+
+    def tables(self, seqlen: int, device, dtype):
+        """(cos, sin) for queries and (cos, sin) for keys, each [seqlen, dim / 2] in ``dtype``."""
+        if self.pos_idx_in_fp32:
+            t = torch.arange(seqlen, device=device, dtype=torch.float32)
+            inv_freq = self.inv_freq if self.inv_freq.dtype == torch.float32 else self._inv_freq(device)
+        else:  # positions in the buffer's dtype, as models trained that way saw them
+            t = torch.arange(seqlen, device=device, dtype=self.inv_freq.dtype)
+            inv_freq = self.inv_freq
+        freqs = torch.outer(t, inv_freq.to(device)).float()
+        cos, sin = torch.cos(freqs), torch.sin(freqs)
+        if self.scale is None:
+            return (cos.to(dtype), sin.to(dtype)), (cos.to(dtype), sin.to(dtype))
+        power = (torch.arange(seqlen, device=device, dtype=torch.float32) - seqlen // 2) / self.scale_base
+        scale = self.scale.to(device) ** power[:, None]
+        return ((cos * scale).to(dtype), (sin * scale).to(dtype)), ((cos / scale).to(dtype), (sin / scale).to(dtype))
+
+    def forward(self, q, k, seqlen_offset=0, cu_seqlens=None, max_seqlen=None, chunk_indices=None):
+        if max_seqlen is None:
+            extra = seqlen_offset if isinstance(seqlen_offset, int) else int(torch.as_tensor(seqlen_offset).max())
+            max_seqlen = q.shape[1] + extra
+        (cq, sq), (ck, sk) = self.tables(max_seqlen, q.device, q.dtype)
+        q = rotary_embedding(q, cq, sq, self.interleaved, seqlen_offset, cu_seqlens)
+        k = rotary_embedding(k, ck, sk, self.interleaved, seqlen_offset, cu_seqlens)
+        return q, k

@@ -1,0 +1,183 @@
+"""fla.layers: each layer's layout against FLA 0.6.0's record (constructor and forward
+signatures, parameter and buffer names, shapes and dtypes, submodules, attributes), its chunked
+mode against its recurrent mode (output and every parameter gradient), token-by-token decoding
+through the cache against one full forward, left-padded batches against each sequence alone,
+and packed variable-length input.
+
+Tolerance: fp32 (the interpreter on the CPU, bf16 on the GPU run), TOL of tests/recurrent_cases.py
+relative to the reference's largest magnitude.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import fla.layers as layers
+from fla.models import Cache
+from recurrent_cases import DEVICE, DTYPE, TOL
+from test_user_variant import SPECS as USER_SPECS
+
+RECORDS = json.loads((Path(__file__).parent / "records" / "fla060_layouts.json").read_text())["layers"]
+OURS = [name for name in RECORDS if hasattr(layers, name)]
+# a small configuration of each layer for the numerical tests (two heads, GQA where offered):
+# (class, arguments); RecurrentLayer with a built-in and with the user variants of examples/
+SMALL = {
+    "GatedLinearAttention": ("GatedLinearAttention", dict(hidden_size=32, num_heads=2, num_kv_heads=1, expand_k=1.0,
+                                                          use_short_conv=True, conv_bias=True)),
+    "MultiScaleRetention": ("MultiScaleRetention", dict(hidden_size=32, num_heads=2, expand_k=1.0, expand_v=1.0,
+                                                        use_short_conv=True)),
+    "RecurrentLayer[simple_gla]": ("RecurrentLayer", dict(spec="simple_gla", hidden_size=32, num_heads=2,
+                                                          use_short_conv=True)),
+}
+# user variants (delta rules: token by token on this revision) in the decoding and padding tests
+VARIANTS = {f"RecurrentLayer[{v.name}]": ("RecurrentLayer", dict(spec=v, hidden_size=32, num_heads=2,
+                                                                 mode="fused_recurrent", use_short_conv=True))
+            for v in USER_SPECS.values()}
+
+
+def _signature(fn):
+    return [(p.name, repr(p.default) if p.default is not p.empty else None)
+            for p in inspect.signature(fn).parameters.values() if p.name != "self"]
+
+
+def _recorded(sig):
+    return [(p["name"], p.get("default")) for p in sig["params"]]
+
+
+@pytest.mark.parametrize("name", OURS)
+def test_layer_layout_matches_fla(name):
+    """Same constructor and forward signatures, and for every recorded configuration the same
+    parameter and buffer names, shapes and dtypes (so FLA checkpoints load), submodules and
+    attributes (registration order aside: state_dict loading does not depend on it)."""
+    rec = RECORDS[name]
+    cls = getattr(layers, name)
+    assert _signature(cls.__init__) == _recorded(rec["init"])
+    assert _signature(cls.forward) == _recorded(rec["forward"])
+    for entry in rec["configs"]:
+        layer = cls(**entry["config"])
+        params = sorted([n, list(p.shape), str(p.dtype).replace("torch.", "")] for n, p in layer.named_parameters())
+        assert params == sorted(p[:3] for p in entry["parameters"]), entry["config"]
+        sd = set(layer.state_dict())
+        buffers = sorted([n, list(b.shape), str(b.dtype).replace("torch.", ""), n in sd]
+                         for n, b in layer.named_buffers())
+        assert buffers == sorted(entry["buffers"]), entry["config"]
+        assert sorted([n, type(m).__name__] for n, m in layer.named_modules() if n) == sorted(entry["modules"])
+        for attr, value in entry["attrs"].items():
+            ours = getattr(layer, attr)
+            if callable(ours) and value is None:
+                continue
+            assert (list(ours) if isinstance(ours, tuple) else ours) == value, f"{entry['config']}: {attr}"
+
+
+def make(name, **overrides):
+    torch.manual_seed(0)
+    cls, kwargs = {**SMALL, **VARIANTS}[name]
+    layer = getattr(layers, cls)(**{**kwargs, "layer_idx": 0, **overrides}).to(DEVICE, DTYPE)
+    for p in layer.parameters():  # away from the init values (norm weights of 1, zero biases)
+        p.data += 0.1 * torch.randn_like(p)
+    return layer
+
+
+def close(name, ours, ref, tol=TOL):
+    err = (ours.double() - ref.double()).abs().max().item()
+    bound = tol * (ref.double().abs().max().item() + 0.05)
+    assert err <= bound, f"{name}: max error {err:.3e} > {bound:.3e}"
+
+
+def inputs(B, T, hidden=32, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(B, T, hidden, generator=gen).to(DEVICE, DTYPE)
+
+
+@pytest.mark.parametrize("name", list(SMALL))
+def test_chunked_equals_recurrent(name):
+    """T = 80 (past the 64 tokens below which the layers go token by token): the chunked mode and
+    the recurrent mode give the same output and the same gradient of every parameter."""
+    chunked, recurrent = make(name, mode="chunk"), make(name, mode="fused_recurrent")
+    x = inputs(2, 80)
+    outs, grads = [], []
+    for layer in (chunked, recurrent):
+        if name == "MultiScaleRetention" and layer is recurrent:
+            with torch.no_grad():  # (retention trains chunked; the recurrent mode is for inference)
+                outs.append(layer(x)[0])
+            continue
+        o = layer(x)[0]
+        outs.append(o.detach())
+        o.float().square().sum().backward()
+        grads.append({n: p.grad for n, p in layer.named_parameters()})
+    close("o", outs[0], outs[1])
+    if len(grads) == 2:
+        for n in grads[0]:
+            close(f"grad {n}", grads[0][n], grads[1][n])
+
+
+@pytest.mark.parametrize("name", [*SMALL, *VARIANTS])
+def test_decoding_equals_full_forward(name):
+    """A 70-token prefill (chunked) then 5 tokens one at a time through the cache (recurrent
+    state and conv states) give the full forward's outputs."""
+    layer = make(name)
+    x = inputs(2, 75)
+    with torch.no_grad():
+        full = layer(x)[0]
+        cache = Cache()
+        outs = [layer(x[:, :70], past_key_values=cache, use_cache=True)[0]]
+        for t in range(70, 75):
+            outs.append(layer(x[:, t:t + 1], past_key_values=cache, use_cache=True)[0])
+    close("decoded", torch.cat(outs, 1), full)
+    assert cache.get_seq_length(0) == 75
+
+
+@pytest.mark.parametrize("name", [*SMALL, *VARIANTS])
+def test_left_padding_equals_each_sequence_alone(name):
+    """A left-padded batch (prefill and two decoding steps, as generate() feeds it) gives each
+    sequence's own outputs; padded positions give 0."""
+    layer = make(name)
+    lens, T = [9, 6], 9
+    seqs = [inputs(1, n + 2, seed=i) for i, n in enumerate(lens)]
+    with torch.no_grad():
+        alone = [layer(s)[0] for s in seqs]
+        x = torch.zeros(2, T, 32, device=DEVICE, dtype=DTYPE)
+        mask = torch.zeros(2, T, dtype=torch.long, device=DEVICE)
+        for i, n in enumerate(lens):
+            x[i, T - n:], mask[i, T - n:] = seqs[i][0, :n], 1
+        cache = Cache()
+        o = layer(x, attention_mask=mask, past_key_values=cache, use_cache=True)[0]
+        steps = []
+        for t in range(2):
+            mask = torch.cat([mask, torch.ones(2, 1, dtype=torch.long, device=DEVICE)], 1)
+            step = torch.stack([s[0, n + t] for s, n in zip(seqs, lens)])[:, None]
+            steps.append(layer(step, attention_mask=mask, past_key_values=cache, use_cache=True)[0])
+    for i, n in enumerate(lens):
+        close(f"sequence {i}", o[i, T - n:], alone[i][0, :n])
+        close(f"sequence {i} decoded", torch.cat([s[i] for s in steps]), alone[i][0, n:])
+        assert not o[i, :T - n].any(), "padding gives 0"
+
+
+@pytest.mark.parametrize("name", list(SMALL))
+def test_packed_varlen_equals_each_sequence_alone(name):
+    layer = make(name)
+    seqs = [inputs(1, n, seed=i) for i, n in enumerate([5, 70, 1])]
+    cu = torch.tensor([0, 5, 75, 76], dtype=torch.int32, device=DEVICE)
+    with torch.no_grad():
+        packed = layer(torch.cat(seqs, 1), cu_seqlens=cu)[0]
+        for i, s in enumerate(seqs):
+            close(f"sequence {i}", packed[:, cu[i]:cu[i + 1]], layer(s)[0])
+
+
+def test_layers_refuse_bad_input():
+    with pytest.raises(ValueError, match="num_kv_heads"):
+        layers.GatedLinearAttention(hidden_size=32, num_heads=4, num_kv_heads=3)
+    with pytest.raises(ValueError, match="mode"):
+        layers.MultiScaleRetention(hidden_size=32, num_heads=2, mode="fast")
+    layer = copy.deepcopy(make("GatedLinearAttention"))
+    layer.layer_idx = None
+    with pytest.raises(ValueError, match="layer_idx"):
+        layer(inputs(1, 3), past_key_values=Cache(), use_cache=True)
+    with pytest.raises(ValueError, match="attention_mask"):
+        make("GatedLinearAttention")(inputs(1, 3), attention_mask=torch.ones(1, 1, 3, 3, device=DEVICE))
