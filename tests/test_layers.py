@@ -32,6 +32,13 @@ SMALL = {
                                                           use_short_conv=True, conv_bias=True)),
     "MultiScaleRetention": ("MultiScaleRetention", dict(hidden_size=32, num_heads=2, expand_k=1.0, expand_v=1.0,
                                                         use_short_conv=True)),
+    "HGRN2Attention": ("HGRN2Attention", dict(hidden_size=32, num_heads=2, expand_ratio=None, use_short_conv=True)),
+    "LinearAttention": ("LinearAttention", dict(hidden_size=32, num_heads=2, num_kv_heads=1)),
+    "LinearAttention[hedgehog_normalized]": ("LinearAttention", dict(hidden_size=32, num_heads=2, expand_k=0.5,
+                                                                     feature_map="hedgehog", do_feature_map_norm=True,
+                                                                     norm_q=True, norm_k=True)),
+    "Attention": ("Attention", dict(hidden_size=32, num_heads=4, num_kv_heads=2, qk_norm=True, qkv_bias=True)),
+    "Attention[window]": ("Attention", dict(hidden_size=32, num_heads=2, window_size=5)),
     "RecurrentLayer[simple_gla]": ("RecurrentLayer", dict(spec="simple_gla", hidden_size=32, num_heads=2,
                                                           use_short_conv=True)),
 }
@@ -95,7 +102,7 @@ def inputs(B, T, hidden=32, seed=0):
     return torch.randn(B, T, hidden, generator=gen).to(DEVICE, DTYPE)
 
 
-@pytest.mark.parametrize("name", list(SMALL))
+@pytest.mark.parametrize("name", [n for n in SMALL if not n.startswith("Attention")])
 def test_chunked_equals_recurrent(name):
     """T = 80 (past the 64 tokens below which the layers go token by token): the chunked mode and
     the recurrent mode give the same output and the same gradient of every parameter."""
@@ -103,8 +110,8 @@ def test_chunked_equals_recurrent(name):
     x = inputs(2, 80)
     outs, grads = [], []
     for layer in (chunked, recurrent):
-        if name == "MultiScaleRetention" and layer is recurrent:
-            with torch.no_grad():  # (retention trains chunked; the recurrent mode is for inference)
+        if name.startswith(("MultiScaleRetention", "LinearAttention")) and layer is recurrent:
+            with torch.no_grad():  # (these train chunked; their recurrent mode is for inference)
                 outs.append(layer(x)[0])
             continue
         o = layer(x)[0]
@@ -168,6 +175,41 @@ def test_packed_varlen_equals_each_sequence_alone(name):
         packed = layer(torch.cat(seqs, 1), cu_seqlens=cu)[0]
         for i, s in enumerate(seqs):
             close(f"sequence {i}", packed[:, cu[i]:cu[i + 1]], layer(s)[0])
+
+
+@pytest.mark.parametrize("window", [None, 3])
+def test_attention_against_formula(window):
+    """Causal softmax attention with rotary q and k, grouped heads and a window, against
+    softmax(q k^T / sqrt(d) + mask) v in float64 from the layer's own projections."""
+    layer = make("Attention", window_size=window)
+    x = inputs(2, 11)
+    with torch.no_grad():
+        o = layer(x)[0]
+        q = layer.q_norm(layer.q_proj(x).unflatten(-1, (4, 8)))
+        k = layer.k_norm(layer.k_proj(x).unflatten(-1, (2, 8)))
+        v = layer.v_proj(x).unflatten(-1, (2, 8))
+        q, k = layer.rotary(q, k)
+        q, k, v = q.double(), k.double().repeat_interleave(2, 2), v.double().repeat_interleave(2, 2)
+        s = torch.einsum("bihd,bjhd->bhij", q, k) / 8 ** 0.5
+        i, j = torch.arange(11)[:, None], torch.arange(11)[None]
+        allowed = (j <= i) & ((i - j < window) if window else True)
+        ref = torch.einsum("bhij,bjhd->bihd", s.masked_fill(~allowed.to(DEVICE), float("-inf")).softmax(-1), v)
+        ref = layer.o_proj.weight.double() @ ref.flatten(2).unsqueeze(-1)
+    close("o", o, ref.squeeze(-1))
+
+
+def test_hgrn2_lower_bound():
+    """The forget gate floored at lower_bound: log(lb + (1 - lb) f); lb = 0 changes nothing, and
+    layer 0 takes none."""
+    layer = make("HGRN2Attention", layer_idx=1)
+    x = inputs(1, 10)
+    with torch.no_grad():
+        plain = layer(x)[0]
+        close("lb = 0", layer(x, lower_bound=torch.zeros(32, device=DEVICE))[0], plain)
+        floored = layer(x, lower_bound=torch.full((32,), 0.9, device=DEVICE))[0]
+        assert (floored - plain).abs().max() > 1e-3
+        layer.layer_idx = 0
+        close("layer 0", layer(x, lower_bound=torch.full((32,), 0.9, device=DEVICE))[0], plain)
 
 
 def test_layers_refuse_bad_input():

@@ -15,10 +15,10 @@ from fla.modules import FusedRMSNormGated, RMSNorm, ShortConvolution
 
 
 class QKVLayer(nn.Module):
-    """A token-mixing layer with q, k, v projections. A family sets its parameters in __init__
-    through ``_init_dims``, ``_init_qkv`` and ``_init_readout`` and implements
-    ``_mix(x, q, k, v, state, use_cache, cu_seqlens, context) -> (o [1 or B, T, H, dv],
-    recurrent state)``. forward(hidden_states [B, T, hidden_size], attention_mask [B, S] 0/1
+    """A token-mixing layer with input projections (q, k, v, or a family's own). A family sets
+    its parameters in __init__ through ``_init_dims``, ``_init_qkv`` (or ``_init_projections``)
+    and ``_init_readout`` and implements ``_mix(x, *projections, state, use_cache, cu_seqlens,
+    context) -> (o [1 or B, T, H, dv], recurrent state)``. forward(hidden_states [B, T, hidden_size], attention_mask [B, S] 0/1
     padding, past_key_values (fla.models.Cache), use_cache) -> (o, None, past_key_values)."""
 
     def _init_dims(self, hidden_size, expand_k, expand_v, num_heads, num_kv_heads):
@@ -37,14 +37,21 @@ class QKVLayer(nn.Module):
         self.value_dim_per_group = self.value_dim // self.num_kv_groups
         self.head_k_dim, self.head_v_dim = self.key_dim // num_heads, self.value_dim // num_heads
 
-    def _init_qkv(self, use_short_conv, conv_size, conv_bias):
-        self.q_proj = nn.Linear(self.hidden_size, self.key_dim, bias=False)
-        self.k_proj = nn.Linear(self.hidden_size, self.key_dim_per_group, bias=False)
-        self.v_proj = nn.Linear(self.hidden_size, self.value_dim_per_group, bias=False)
+    def _init_projections(self, dims, use_short_conv, conv_size, conv_bias, conv_activation="silu"):
+        """``<name>_proj`` (no bias) to dims[name] features for each name, in order, and with
+        ``use_short_conv`` a ``<name>_conv1d`` after each."""
+        self.projections = tuple(dims)
+        for name, dim in dims.items():
+            setattr(self, f"{name}_proj", nn.Linear(self.hidden_size, dim, bias=False))
         self.use_short_conv, self.conv_size, self.conv_bias = use_short_conv, conv_size, conv_bias
         if use_short_conv:
-            for name, dim in (("q", self.key_dim), ("k", self.key_dim_per_group), ("v", self.value_dim_per_group)):
-                setattr(self, f"{name}_conv1d", ShortConvolution(dim, conv_size, bias=conv_bias, activation="silu"))
+            for name, dim in dims.items():
+                setattr(self, f"{name}_conv1d", ShortConvolution(dim, conv_size, bias=conv_bias,
+                                                                 activation=conv_activation))
+
+    def _init_qkv(self, use_short_conv, conv_size, conv_bias):
+        self._init_projections(dict(q=self.key_dim, k=self.key_dim_per_group, v=self.value_dim_per_group),
+                               use_short_conv, conv_size, conv_bias)
 
     def _init_readout(self, use_output_gate, gate_fn, fuse_norm, elementwise_affine, norm_eps, activations):
         """g_proj (with ``use_output_gate``), the per-head norm fused with a swish gate
@@ -69,18 +76,19 @@ class QKVLayer(nn.Module):
         v = repeat(v, "... (h d) -> ... (h g) d", g=g, d=self.head_v_dim)
         return (q, k, v, *per_key)
 
-    def _project_qkv(self, x, state, use_cache, cu_seqlens):
-        """(q, k, v, conv states or None) of packed or padded x [B, T, hidden_size]."""
-        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+    def _project(self, x, state, use_cache, cu_seqlens):
+        """(one tensor per projection, conv states or None) of packed or padded x [B, T, hidden_size]."""
+        out = [getattr(self, f"{name}_proj")(x) for name in self.projections]
         if not self.use_short_conv:
-            return q, k, v, None
-        caches = state["conv_state"] if state is not None and state["conv_state"] is not None else (None,) * 3
-        out, finals = [], []
-        for conv, y, cache in zip((self.q_conv1d, self.k_conv1d, self.v_conv1d), (q, k, v), caches):
-            y, final = conv(y, cache=cache, output_final_state=use_cache, cu_seqlens=cu_seqlens)
-            out.append(y)
+            return out, None
+        caches = state["conv_state"] if state is not None and state["conv_state"] is not None else \
+            (None,) * len(out)
+        finals = []
+        for i, (name, cache) in enumerate(zip(self.projections, caches)):
+            out[i], final = getattr(self, f"{name}_conv1d")(out[i], cache=cache, output_final_state=use_cache,
+                                                            cu_seqlens=cu_seqlens)
             finals.append(final)
-        return (*out, tuple(finals) if use_cache else None)
+        return out, (tuple(finals) if use_cache else None)
 
     def _readout(self, o, x):
         """The per-head norm and output gate of o [.., H, dv], then o_proj: [.., hidden_size]."""
@@ -102,8 +110,8 @@ class QKVLayer(nn.Module):
         B, T = hidden_states.shape[:2]
         state = layer_state(self, past_key_values)
         x, indices, cu_seqlens = unpad(hidden_states, attention_mask, kwargs.get("cu_seqlens"))
-        q, k, v, conv_state = self._project_qkv(x, state, use_cache, cu_seqlens)
-        context = dict(attention_mask=attention_mask, past_key_values=past_key_values, seq_len=T)
-        o, recurrent_state = self._mix(x, q, k, v, state, use_cache, cu_seqlens, context)
+        projected, conv_state = self._project(x, state, use_cache, cu_seqlens)
+        context = dict(attention_mask=attention_mask, past_key_values=past_key_values, seq_len=T, kwargs=kwargs)
+        o, recurrent_state = self._mix(x, *projected, state, use_cache, cu_seqlens, context)
         store_state(self, past_key_values, recurrent_state=recurrent_state, conv_state=conv_state, offset=T)
         return repad(self._readout(o, x), indices, B, T), None, past_key_values

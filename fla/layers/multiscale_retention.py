@@ -43,7 +43,7 @@ class MultiScaleRetention(QKVLayer):
             q, k = self.feature_map_fn(q), self.feature_map_fn(k)
         cache = context["past_key_values"]
         seen = cache.get_seq_length(self.layer_idx) if cache is not None else 0
-        offset = padding_offsets(context["attention_mask"], seen)
+        offset = padding_offsets(context["attention_mask"], seen, context["seq_len"])
         longest = q.shape[1] + (offset if isinstance(offset, int) else int(offset.max()))
         q, k = self.rotary(q, k, seqlen_offset=offset, max_seqlen=longest, cu_seqlens=cu_seqlens)
         h0 = state["recurrent_state"] if state is not None else None

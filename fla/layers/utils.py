@@ -52,10 +52,10 @@ def store_state(layer, past_key_values, **states):
         past_key_values.update(layer_idx=layer.layer_idx, **states)
 
 
-def padding_offsets(attention_mask, seen):
-    """Per-sequence positions already taken, for rotary embeddings with left padding: the
-    ``seen`` cached tokens minus each sequence's padding in ``attention_mask`` [B, S] (None
-    without a mask: ``seen`` for all)."""
+def padding_offsets(attention_mask, seen, seq_len):
+    """Each sequence's real tokens before this call, for the positions of a layer that packs
+    away padding: the ``seen`` cached tokens less the padding among them (``attention_mask``
+    [B, S]'s first S - seq_len columns). ``seen`` (an int) without a mask."""
     if attention_mask is None or seen == 0:
         return seen
-    return seen - (attention_mask.shape[-1] - attention_mask.sum(-1))
+    return seen - (attention_mask[:, :attention_mask.shape[-1] - seq_len] == 0).sum(-1)
