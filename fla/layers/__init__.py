@@ -3,10 +3,13 @@ names, on flagen's kernels. forward(hidden_states, attention_mask=None, past_key
 use_cache=False, output_attentions=False, **kwargs) -> (o, None, past_key_values)."""
 
 from fla.layers.attn import Attention
+from fla.layers.delta_net import DeltaNet
+from fla.layers.gated_deltanet import GatedDeltaNet
 from fla.layers.gla import GatedLinearAttention
 from fla.layers.hgrn2 import HGRN2Attention
+from fla.layers.kda import KimiDeltaAttention
 from fla.layers.linear_attn import LinearAttention
 from fla.layers.multiscale_retention import MultiScaleRetention
 from fla.layers.recurrent import RecurrentLayer
 
-__all__ = ["Attention", "GatedLinearAttention", "HGRN2Attention", "LinearAttention", "MultiScaleRetention", "RecurrentLayer"]
+__all__ = ["Attention", "DeltaNet", "GatedDeltaNet", "GatedLinearAttention", "HGRN2Attention", "KimiDeltaAttention", "LinearAttention", "MultiScaleRetention", "RecurrentLayer"]

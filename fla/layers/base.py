@@ -5,6 +5,7 @@ forward pass around a family's mixing step (padding packed away, cache read and 
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn as nn
@@ -12,6 +13,16 @@ from einops import rearrange, repeat
 
 from fla.layers.utils import layer_state, repad, store_state, unpad
 from fla.modules import FusedRMSNormGated, RMSNorm, ShortConvolution
+
+
+def chunk_or_recurrent(chunk_fn, recurrent_fn, name):
+    """``chunk_fn``, or while a family has no chunked kernels yet (None), ``recurrent_fn`` with a
+    warning: the same results, token by token (slower to train and prefill)."""
+    if chunk_fn is not None:
+        return chunk_fn
+    warnings.warn(f"{name}: no chunked kernels for this family yet; running the token-by-token kernels "
+                  "(the same results, slower to train and prefill)", stacklevel=3)
+    return recurrent_fn
 
 
 class QKVLayer(nn.Module):
@@ -37,17 +48,19 @@ class QKVLayer(nn.Module):
         self.value_dim_per_group = self.value_dim // self.num_kv_groups
         self.head_k_dim, self.head_v_dim = self.key_dim // num_heads, self.value_dim // num_heads
 
-    def _init_projections(self, dims, use_short_conv, conv_size, conv_bias, conv_activation="silu"):
+    def _init_projections(self, dims, use_short_conv, conv_size, conv_bias, conv_activation="silu",
+                          conv_activations=None):
         """``<name>_proj`` (no bias) to dims[name] features for each name, in order, and with
-        ``use_short_conv`` a ``<name>_conv1d`` after each."""
+        ``use_short_conv`` a ``<name>_conv1d`` after each (activation ``conv_activations[name]``,
+        else ``conv_activation``)."""
         self.projections = tuple(dims)
         for name, dim in dims.items():
             setattr(self, f"{name}_proj", nn.Linear(self.hidden_size, dim, bias=False))
         self.use_short_conv, self.conv_size, self.conv_bias = use_short_conv, conv_size, conv_bias
         if use_short_conv:
             for name, dim in dims.items():
-                setattr(self, f"{name}_conv1d", ShortConvolution(dim, conv_size, bias=conv_bias,
-                                                                 activation=conv_activation))
+                act = (conv_activations or {}).get(name, conv_activation)
+                setattr(self, f"{name}_conv1d", ShortConvolution(dim, conv_size, bias=conv_bias, activation=act))
 
     def _init_qkv(self, use_short_conv, conv_size, conv_bias):
         self._init_projections(dict(q=self.key_dim, k=self.key_dim_per_group, v=self.value_dim_per_group),
@@ -66,6 +79,24 @@ class QKVLayer(nn.Module):
         else:
             self.g_norm = RMSNorm(self.head_v_dim, elementwise_affine, eps=norm_eps, dtype=torch.float32)
             self.gate_fn = activations[gate_fn]
+
+    def _init_o_norm_readout(self, use_gate, norm_eps, activation="swish"):
+        """The delta-rule layers' readout: a per-head norm ``o_norm``, gated by ``g_proj`` (with
+        ``use_gate``, activation swish or sigmoid), then o_proj (see _o_norm_readout)."""
+        self.use_gate = use_gate
+        if use_gate:
+            self.g_proj = nn.Linear(self.hidden_size, self.value_dim, bias=False)
+            self.o_norm = FusedRMSNormGated(self.head_v_dim, eps=norm_eps, activation=activation)
+        else:
+            self.o_norm = RMSNorm(self.head_v_dim, eps=norm_eps, dtype=torch.float32)
+        self.o_proj = nn.Linear(self.value_dim, self.hidden_size, bias=False)
+
+    def _o_norm_readout(self, o, x):
+        if self.use_gate:
+            o = self.o_norm(o, rearrange(self.g_proj(x), "... (h d) -> ... h d", d=self.head_v_dim))
+        else:
+            o = self.o_norm(o)
+        return self.o_proj(rearrange(o, "... h d -> ... (h d)").to(x.dtype))
 
     def _heads(self, q, k, v, *per_key):
         """q [.., key_dim] and k, v, per-key gates [.., *_per_group] split into heads, the grouped
