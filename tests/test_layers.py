@@ -47,6 +47,7 @@ SMALL = {
     "KimiDeltaAttention[lower_bound]": ("KimiDeltaAttention", dict(hidden_size=32, head_dim=16, num_heads=2,
                                                                    safe_gate=True, lower_bound=-5.0,
                                                                    use_short_conv=False)),
+    "RWKV6Attention": ("RWKV6Attention", dict(hidden_size=32, num_heads=2, proj_low_rank_dim=4, gate_low_rank_dim=8)),
     "Attention": ("Attention", dict(hidden_size=32, num_heads=4, num_kv_heads=2, qk_norm=True, qkv_bias=True)),
     "Attention[window]": ("Attention", dict(hidden_size=32, num_heads=2, window_size=5)),
     "RecurrentLayer[simple_gla]": ("RecurrentLayer", dict(spec="simple_gla", hidden_size=32, num_heads=2,

@@ -11,5 +11,6 @@ from fla.layers.kda import KimiDeltaAttention
 from fla.layers.linear_attn import LinearAttention
 from fla.layers.multiscale_retention import MultiScaleRetention
 from fla.layers.recurrent import RecurrentLayer
+from fla.layers.rwkv6 import RWKV6Attention
 
-__all__ = ["Attention", "DeltaNet", "GatedDeltaNet", "GatedLinearAttention", "HGRN2Attention", "KimiDeltaAttention", "LinearAttention", "MultiScaleRetention", "RecurrentLayer"]
+__all__ = ["Attention", "DeltaNet", "GatedDeltaNet", "GatedLinearAttention", "HGRN2Attention", "KimiDeltaAttention", "LinearAttention", "MultiScaleRetention", "RecurrentLayer", "RWKV6Attention"]
