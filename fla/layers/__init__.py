@@ -9,8 +9,9 @@ from fla.layers.gla import GatedLinearAttention
 from fla.layers.hgrn2 import HGRN2Attention
 from fla.layers.kda import KimiDeltaAttention
 from fla.layers.linear_attn import LinearAttention
+from fla.layers.mamba2 import Mamba2
 from fla.layers.multiscale_retention import MultiScaleRetention
 from fla.layers.recurrent import RecurrentLayer
 from fla.layers.rwkv6 import RWKV6Attention
 
-__all__ = ["Attention", "DeltaNet", "GatedDeltaNet", "GatedLinearAttention", "HGRN2Attention", "KimiDeltaAttention", "LinearAttention", "MultiScaleRetention", "RecurrentLayer", "RWKV6Attention"]
+__all__ = ["Attention", "DeltaNet", "GatedDeltaNet", "GatedLinearAttention", "HGRN2Attention", "KimiDeltaAttention", "LinearAttention", "Mamba2", "MultiScaleRetention", "RecurrentLayer", "RWKV6Attention"]
