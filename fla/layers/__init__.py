@@ -13,5 +13,6 @@ from fla.layers.mamba2 import Mamba2
 from fla.layers.multiscale_retention import MultiScaleRetention
 from fla.layers.recurrent import RecurrentLayer
 from fla.layers.rwkv6 import RWKV6Attention
+from fla.layers.rwkv7 import RWKV7Attention
 
-__all__ = ["Attention", "DeltaNet", "GatedDeltaNet", "GatedLinearAttention", "HGRN2Attention", "KimiDeltaAttention", "LinearAttention", "Mamba2", "MultiScaleRetention", "RecurrentLayer", "RWKV6Attention"]
+__all__ = ["Attention", "DeltaNet", "GatedDeltaNet", "GatedLinearAttention", "HGRN2Attention", "KimiDeltaAttention", "LinearAttention", "Mamba2", "MultiScaleRetention", "RecurrentLayer", "RWKV6Attention", "RWKV7Attention"]

@@ -38,6 +38,13 @@ class LoRA(nn.Module):
         if bias:
             nn.init.zeros_(self.lora[2].bias)
 
+    def set_bias_value(self, value):
+        """Set the output bias (a tensor or a number), as RWKV's initialisations do."""
+        if self.lora[2].bias is not None:
+            with torch.no_grad():
+                self.lora[2].bias.copy_(torch.as_tensor(value, dtype=self.lora[2].bias.dtype).expand_as(
+                    self.lora[2].bias))
+
     def forward(self, x):
         return self.lora(x)
 
