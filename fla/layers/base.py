@@ -9,10 +9,17 @@ import warnings
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from einops import rearrange, repeat
 
 from fla.layers.utils import layer_state, repad, store_state, unpad
 from fla.modules import FusedRMSNormGated, RMSNorm, ShortConvolution
+
+
+def dt_bias_init(n, dt_min=1e-3, dt_max=0.1, dt_init_floor=1e-4):
+    """Mamba's dt bias [n]: softplus^-1 of dt drawn log-uniformly in [dt_min, dt_max]."""
+    dt = torch.exp(torch.rand(n) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp_min(dt_init_floor)
+    return dt + torch.log(-torch.expm1(-dt))
 
 
 def chunk_or_recurrent(chunk_fn, recurrent_fn, name):
@@ -29,8 +36,11 @@ class QKVLayer(nn.Module):
     """A token-mixing layer with input projections (q, k, v, or a family's own). A family sets
     its parameters in __init__ through ``_init_dims``, ``_init_qkv`` (or ``_init_projections``)
     and ``_init_readout`` and implements ``_mix(x, *projections, state, use_cache, cu_seqlens,
-    context) -> (o [1 or B, T, H, dv], recurrent state)``. forward(hidden_states [B, T, hidden_size], attention_mask [B, S] 0/1
+    context) -> (o [1 or B, T, H, dv], recurrent state)``. With ``silu_without_conv`` the
+    projections go through silu when there are no short convolutions (which apply it). forward(hidden_states [B, T, hidden_size], attention_mask [B, S] 0/1
     padding, past_key_values (fla.models.Cache), use_cache) -> (o, None, past_key_values)."""
+
+    silu_without_conv = False
 
     def _init_dims(self, hidden_size, expand_k, expand_v, num_heads, num_kv_heads):
         self.hidden_size, self.expand_k, self.expand_v, self.num_heads = hidden_size, expand_k, expand_v, num_heads
@@ -47,6 +57,18 @@ class QKVLayer(nn.Module):
         self.key_dim_per_group = self.key_dim // self.num_kv_groups
         self.value_dim_per_group = self.value_dim // self.num_kv_groups
         self.head_k_dim, self.head_v_dim = self.key_dim // num_heads, self.value_dim // num_heads
+
+    def _init_head_dims(self, hidden_size, head_dim, num_heads, num_v_heads, expand_v):
+        """The delta-rule layers' dims: ``num_heads`` q/k heads of ``head_dim``, ``num_v_heads``
+        (a multiple; grouped value heads) value heads of head_dim * ``expand_v``."""
+        self.hidden_size, self.expand_v, self.head_dim, self.num_heads = hidden_size, expand_v, head_dim, num_heads
+        self.num_v_heads = num_heads if num_v_heads is None else num_v_heads
+        if self.num_v_heads % num_heads:
+            raise ValueError(f"`num_v_heads` ({self.num_v_heads}) must be a multiple of `num_heads` ({num_heads})")
+        self.head_k_dim, self.head_v_dim = head_dim, int(head_dim * expand_v)
+        if not math.isclose(head_dim * expand_v, self.head_v_dim):
+            raise ValueError(f"`head_dim * expand_v` ({head_dim * expand_v}) must be an integer")
+        self.key_dim, self.value_dim = num_heads * head_dim, self.num_v_heads * self.head_v_dim
 
     def _init_projections(self, dims, use_short_conv, conv_size, conv_bias, conv_activation="silu",
                           conv_activations=None):
@@ -98,6 +120,12 @@ class QKVLayer(nn.Module):
             o = self.o_norm(o)
         return self.o_proj(rearrange(o, "... h d -> ... (h d)").to(x.dtype))
 
+    def _split_heads(self, q, k, v):
+        """q, k [.., *] and v [.., *] split into heads of head_k_dim and head_v_dim (no repeat:
+        the kernels take grouped value heads)."""
+        q, k = (rearrange(y, "... (h d) -> ... h d", d=self.head_k_dim) for y in (q, k))
+        return q, k, rearrange(v, "... (h d) -> ... h d", d=self.head_v_dim)
+
     def _heads(self, q, k, v, *per_key):
         """q [.., key_dim] and k, v, per-key gates [.., *_per_group] split into heads, the grouped
         ones repeated to every head: [.., num_heads, head dim]."""
@@ -111,7 +139,7 @@ class QKVLayer(nn.Module):
         """(one tensor per projection, conv states or None) of packed or padded x [B, T, hidden_size]."""
         out = [getattr(self, f"{name}_proj")(x) for name in self.projections]
         if not self.use_short_conv:
-            return out, None
+            return ([F.silu(y) for y in out] if self.silu_without_conv else out), None
         caches = state["conv_state"] if state is not None and state["conv_state"] is not None else \
             (None,) * len(out)
         finals = []

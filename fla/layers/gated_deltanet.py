@@ -4,15 +4,11 @@ g = -exp(A_log) softplus(a_proj(x) + dt_bias), beta = sigmoid(b_proj(x)) (x 2 wi
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from einops import rearrange
 
 import fla.ops.gated_delta_rule as gdr
-from fla.layers.base import QKVLayer, chunk_or_recurrent
+from fla.layers.base import QKVLayer, chunk_or_recurrent, dt_bias_init
 
 MODES = ("chunk", "fused_recurrent")
 
@@ -25,6 +21,8 @@ class GatedDeltaNet(QKVLayer):
     inputs of at most 64 tokens run token by token (outside training) and longer ones by
     ``mode``. The gate and beta are computed in the kernels. States [N, HV, dv, dk]."""
 
+    silu_without_conv = True  # (as FLA: silu on the projections when no conv applies it)
+
     def __init__(self, hidden_size: int = 2048, expand_v: float = 2, head_dim: int = 256, num_heads: int = 6,
                  num_v_heads: int = None, mode: str = "chunk", use_gate: bool = True, use_short_conv: bool = True,
                  allow_neg_eigval: bool = False, conv_size: int = 4, conv_bias: bool = False, layer_idx: int = None,
@@ -32,37 +30,22 @@ class GatedDeltaNet(QKVLayer):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"`mode` must be one of {MODES}, got {mode!r}")
-        self.mode, self.allow_neg_eigval, self.hidden_size, self.expand_v = mode, allow_neg_eigval, hidden_size, expand_v
-        self.head_dim, self.num_heads, self.layer_idx = head_dim, num_heads, layer_idx
-        self.num_v_heads = num_heads if num_v_heads is None else num_v_heads
-        if self.num_v_heads % num_heads:
-            raise ValueError(f"`num_v_heads` ({self.num_v_heads}) must be a multiple of `num_heads` ({num_heads})")
-        self.head_k_dim, self.head_v_dim = head_dim, int(head_dim * expand_v)
-        if not math.isclose(head_dim * expand_v, self.head_v_dim):
-            raise ValueError(f"`head_dim * expand_v` ({head_dim * expand_v}) must be an integer")
-        self.key_dim, self.value_dim = num_heads * head_dim, self.num_v_heads * self.head_v_dim
+        self.mode, self.allow_neg_eigval, self.layer_idx = mode, allow_neg_eigval, layer_idx
+        self._init_head_dims(hidden_size, head_dim, num_heads, num_v_heads, expand_v)
         self._init_projections(dict(q=self.key_dim, k=self.key_dim, v=self.value_dim), use_short_conv, conv_size,
                                conv_bias)
         self.a_proj = nn.Linear(hidden_size, self.num_v_heads, bias=False)
         self.b_proj = nn.Linear(hidden_size, self.num_v_heads, bias=False)
         # A uniform in (0, 16]; dt in [1e-3, 0.1] log-uniformly, dt_bias its softplus inverse (Mamba2's init)
         self.A_log = nn.Parameter(torch.empty(self.num_v_heads).uniform_(0, 16).clamp_min(1e-4).log())
-        dt = torch.exp(torch.rand(self.num_v_heads) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3)).clamp_min(1e-4)
-        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))
+        self.dt_bias = nn.Parameter(dt_bias_init(self.num_v_heads))
         self.A_log._no_weight_decay = self.dt_bias._no_weight_decay = True
         self._init_o_norm_readout(use_gate, norm_eps, output_gate_activation)
 
     _readout = QKVLayer._o_norm_readout
 
-    def _project(self, x, state, use_cache, cu_seqlens):
-        projected, conv_state = super()._project(x, state, use_cache, cu_seqlens)
-        if not self.use_short_conv:
-            projected = [F.silu(y) for y in projected]
-        return projected, conv_state
-
     def _mix(self, x, q, k, v, state, use_cache, cu_seqlens, context):
-        q, k = (rearrange(y, "... (h d) -> ... h d", d=self.head_k_dim) for y in (q, k))
-        v = rearrange(v, "... (h d) -> ... h d", d=self.head_v_dim)
+        q, k, v = self._split_heads(q, k, v)
         h0 = state["recurrent_state"] if state is not None else None
         common = dict(g=self.a_proj(x).float(), beta=self.b_proj(x).float(), initial_state=h0,
                       output_final_state=use_cache, use_qk_l2norm_in_kernel=True, use_gate_in_kernel=True,

@@ -5,15 +5,12 @@ beta = sigmoid(b_proj(x)), L2-normalised q and k, a sigmoid output gate. FLA 0.6
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from einops import rearrange
 
 import fla.ops.kda as kda
-from fla.layers.base import QKVLayer, chunk_or_recurrent
+from fla.layers.base import QKVLayer, chunk_or_recurrent, dt_bias_init
 from fla.modules import FusedRMSNormGated
 
 MODES = ("chunk", "fused_recurrent")
@@ -26,6 +23,8 @@ class KimiDeltaAttention(QKVLayer):
     [HV * head_dim], an output gate g_proj (low rank) through sigmoid on the per-head norm.
     ``safe_gate`` is FLA's hint that the gates are bounded (it needs ``lower_bound``); these
     kernels are exact either way. States [N, HV, dv, dk]."""
+
+    silu_without_conv = True  # (as FLA: silu on the projections when no conv applies it)
 
     def __init__(self, hidden_size: int = 2048, expand_v: float = 1, head_dim: int = 128, num_heads: int = 16,
                  num_v_heads: int = None, mode: str = "chunk", use_short_conv: bool = True,
@@ -41,14 +40,7 @@ class KimiDeltaAttention(QKVLayer):
             raise ValueError(f"`lower_bound` must be negative, got {lower_bound}")
         self.mode, self.allow_neg_eigval, self.safe_gate, self.lower_bound = mode, allow_neg_eigval, safe_gate, \
             lower_bound
-        self.hidden_size, self.expand_v, self.head_dim, self.num_heads = hidden_size, expand_v, head_dim, num_heads
-        self.num_v_heads = num_heads if num_v_heads is None else num_v_heads
-        if self.num_v_heads % num_heads:
-            raise ValueError(f"`num_v_heads` ({self.num_v_heads}) must be a multiple of `num_heads` ({num_heads})")
-        self.head_k_dim, self.head_v_dim = head_dim, int(head_dim * expand_v)
-        if not math.isclose(head_dim * expand_v, self.head_v_dim):
-            raise ValueError(f"`head_dim * expand_v` ({head_dim * expand_v}) must be an integer")
-        self.key_dim, self.value_dim = num_heads * head_dim, self.num_v_heads * self.head_v_dim
+        self._init_head_dims(hidden_size, head_dim, num_heads, num_v_heads, expand_v)
         self.layer_idx = layer_idx
         self._init_projections(dict(q=self.key_dim, k=self.key_dim, v=self.value_dim), use_short_conv, conv_size,
                                conv_bias)
@@ -58,23 +50,15 @@ class KimiDeltaAttention(QKVLayer):
         self.b_proj = nn.Linear(hidden_size, self.num_v_heads, bias=False)
         A = torch.zeros(self.num_v_heads) if safe_gate else torch.empty(self.num_v_heads).uniform_(1, 16).log()
         self.A_log = nn.Parameter(A)
-        dt = torch.exp(torch.rand(self.gate_dim) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3)).clamp_min(1e-4)
-        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))
+        self.dt_bias = nn.Parameter(dt_bias_init(self.gate_dim))
         self.A_log._no_weight_decay = self.dt_bias._no_weight_decay = True
         self.g_proj = nn.Sequential(nn.Linear(hidden_size, self.head_v_dim, bias=False),
                                     nn.Linear(self.head_v_dim, self.value_dim, bias=True))
         self.o_norm = FusedRMSNormGated(self.head_v_dim, activation="sigmoid", eps=norm_eps)
         self.o_proj = nn.Linear(self.value_dim, hidden_size, bias=False)
 
-    def _project(self, x, state, use_cache, cu_seqlens):
-        projected, conv_state = super()._project(x, state, use_cache, cu_seqlens)
-        if not self.use_short_conv:
-            projected = [F.silu(y) for y in projected]
-        return projected, conv_state
-
     def _mix(self, x, q, k, v, state, use_cache, cu_seqlens, context):
-        q, k = (rearrange(y, "... (h d) -> ... h d", d=self.head_k_dim) for y in (q, k))
-        v = rearrange(v, "... (h d) -> ... h d", d=self.head_v_dim)
+        q, k, v = self._split_heads(q, k, v)
         g = rearrange(self.f_proj(x).float(), "... (h d) -> ... h d", d=self.head_k_dim)
         h0 = state["recurrent_state"] if state is not None else None
         common = dict(A_log=self.A_log, dt_bias=self.dt_bias, initial_state=h0, output_final_state=use_cache,

@@ -4,13 +4,12 @@ dt A), after a causal conv over (x, B, C) and before a gated RMSNorm. FLA 0.6.0'
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
+from fla.layers.base import dt_bias_init
 from fla.layers.utils import layer_state, repad, store_state, unpad
 from fla.modules.convolution import causal_conv1d
 from fla.modules.layernorm_gated import RMSNormGated
@@ -57,9 +56,7 @@ class Mamba2(nn.Module):
         if conv_init is not None:
             nn.init.uniform_(self.conv1d.weight, -conv_init, conv_init)
         self.in_proj = nn.Linear(hidden_size, self.intermediate_size + self.conv_dim + self.num_heads, bias=use_bias)
-        dt = torch.exp(torch.rand(self.num_heads) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
-        dt = dt.clamp_min(dt_init_floor)
-        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1(dt)
+        self.dt_bias = nn.Parameter(dt_bias_init(self.num_heads, dt_min, dt_max, dt_init_floor))
         self.A_log = nn.Parameter(torch.empty(self.num_heads).uniform_(*A_init_range).log())
         self.D = nn.Parameter(torch.ones(self.intermediate_size if D_has_hdim else self.num_heads))
         self.dt_bias._no_weight_decay = self.A_log._no_weight_decay = self.D._no_weight_decay = True
