@@ -3,7 +3,8 @@ and forward signatures, parameter and buffer names, shapes and dtypes, submodule
 and against plain float64 PyTorch formulas, forward and backward.
 
 Tolerance: fp32 inputs, every output and gradient within TOL = 1e-5 of the float64 formula,
-relative to the reference's largest magnitude (the modules compute in fp32).
+relative to the reference's largest magnitude (the modules compute in fp32). On the GPU run
+(FLAGEN_TEST_DEVICE=cuda) the formula checks run on the GPU.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 
 import fla.modules as modules
 from fla.modules.convolution import causal_conv1d
+from recurrent_cases import DEVICE
 
 RECORDS = json.loads((Path(__file__).parent / "records" / "fla060_layouts.json").read_text())["modules"]
 TOL = 1e-5
@@ -76,14 +78,17 @@ def check(fn, ref, inputs, names=None):
     """fn and ref on the same leaves (fn on fp32 copies, ref in float64): every output and the
     gradient of a random projection of them with respect to every input."""
     gen = torch.Generator().manual_seed(1)
-    ours_in = [x.float().detach().requires_grad_(x.is_floating_point()) for x in inputs]
-    ref_in = [x.double().detach().requires_grad_(x.is_floating_point()) for x in inputs]
+    inputs = [x.to(DEVICE) for x in inputs]
+    ours_in = [(x.float() if x.is_floating_point() else x).detach().requires_grad_(x.is_floating_point())
+               for x in inputs]
+    ref_in = [(x.double() if x.is_floating_point() else x).detach().requires_grad_(x.is_floating_point())
+              for x in inputs]
     out, rout = fn(*ours_in), ref(*ref_in)
     out, rout = (out if isinstance(out, tuple) else (out,)), (rout if isinstance(rout, tuple) else (rout,))
     loss, rloss = 0, 0
     for i, (a, b) in enumerate(zip(out, rout)):
         close(f"output {i}", a, b)
-        w = torch.randn(b.shape, generator=gen, dtype=torch.float64)
+        w = torch.randn(b.shape, generator=gen, dtype=torch.float64).to(b.device)
         loss, rloss = loss + (a.double() * w).sum(), rloss + (b * w).sum()
     leaves = [i for i, x in enumerate(ours_in) if x.requires_grad]
     grads = torch.autograd.grad(loss, [ours_in[i] for i in leaves], allow_unused=True)
@@ -109,7 +114,7 @@ def test_norms(kind, residual):
     x, r = torch.randn(3, 5, D, generator=gen), torch.randn(3, 5, D, generator=gen)
     w, b = 1 + torch.randn(D, generator=gen) / 4, torch.randn(D, generator=gen) / 4
     mod = {"rms": lambda: modules.RMSNorm(D, bias=True), "layer": lambda: modules.LayerNorm(D, bias=True),
-           "group": lambda: modules.GroupNorm(groups, D, bias=True)}[kind]()
+           "group": lambda: modules.GroupNorm(groups, D, bias=True)}[kind]().to(DEVICE)
     rms = kind == "rms"
 
     def ours(x, r, w, b):
@@ -130,7 +135,7 @@ def test_gated_norms(activation, layer):
     gen = torch.Generator().manual_seed(0)
     x, g, w = torch.randn(4, D, generator=gen), torch.randn(4, D, generator=gen), 1 + torch.randn(D, generator=gen)
     mod = (modules.FusedLayerNormGated(D, activation=activation) if layer else
-           modules.FusedRMSNormGated(D, activation=activation))
+           modules.FusedRMSNormGated(D, activation=activation)).to(DEVICE)
 
     def ours(x, g, w):
         return torch.func.functional_call(mod, {"weight": w}, (x, g))
@@ -146,7 +151,7 @@ def test_norm_linear_forms():
     gen = torch.Generator().manual_seed(0)
     x, g = torch.randn(5, D, generator=gen), torch.randn(5, D, generator=gen)
     lw, lb = torch.randn(O, D, generator=gen), torch.randn(O, generator=gen)
-    rms_lin, gate_lin = modules.RMSNormLinear(D), modules.FusedRMSNormSwishGateLinear(D)
+    rms_lin, gate_lin = modules.RMSNormLinear(D).to(DEVICE), modules.FusedRMSNormSwishGateLinear(D).to(DEVICE)
     check(lambda x, lw, lb: rms_lin(x, lw, lb),
           lambda x, lw, lb: F.linear(ref_norm(x, 1.0, None, 1e-5, True), lw, lb), [x, lw, lb])
     check(lambda x, g, lw, lb: gate_lin(x, g, lw, lb),
@@ -172,7 +177,7 @@ def test_l2norm():
 
 def ref_rotary(x, pos, dim, base, interleaved, scale=None):
     """x [B, T, H, D] rotated as complex pairs by angle pos * base^(-2i/dim), times scale^(...)."""
-    inv = base ** (-torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+    inv = base ** (-torch.arange(0, dim, 2, dtype=torch.float64, device=x.device) / dim)
     ang = pos[..., None].double() * inv  # [B, T, dim / 2]
     xr = x[..., :dim]
     pairs = (torch.stack([xr[..., 0::2], xr[..., 1::2]], -1) if interleaved else
@@ -191,7 +196,7 @@ def test_rotary(interleaved, offset):
     B, T, H, D, dim = 2, 9, 2, 12, 8
     gen = torch.Generator().manual_seed(0)
     q, k = torch.randn(B, T, H, D, generator=gen), torch.randn(B, T, 1, D, generator=gen)
-    rot = modules.RotaryEmbedding(dim, base=100.0, interleaved=interleaved)
+    rot = modules.RotaryEmbedding(dim, base=100.0, interleaved=interleaved).to(DEVICE)
     t = torch.arange(T)
     if offset == "int":
         kw, pos = dict(seqlen_offset=3), (t + 3)[None].expand(B, T)
@@ -203,6 +208,8 @@ def test_rotary(interleaved, offset):
         cu = torch.tensor([0, 4, 18])
         kw = dict(cu_seqlens=cu, seqlen_offset=torch.tensor([1, 2]))
         pos = torch.cat([torch.arange(4) + 1, torch.arange(14) + 2])[None]
+    kw = {n: x.to(DEVICE) if torch.is_tensor(x) else x for n, x in kw.items()}
+    pos = pos.to(DEVICE)
     check(lambda q, k: rot(q, k, **kw),
           lambda q, k: (ref_rotary(q, pos, dim, 100.0, interleaved), ref_rotary(k, pos, dim, 100.0, interleaved)),
           [q, k])
@@ -212,10 +219,11 @@ def test_rotary_xpos():
     B, T, H, D = 1, 6, 1, 8
     gen = torch.Generator().manual_seed(0)
     q, k = torch.randn(B, T, H, D, generator=gen), torch.randn(B, T, H, D, generator=gen)
-    rot = modules.RotaryEmbedding(D, base=100.0, scale_base=4.0)
+    rot = modules.RotaryEmbedding(D, base=100.0, scale_base=4.0).to(DEVICE)
     pos = torch.arange(T)[None]
     base_scale = (torch.arange(0, D, 2, dtype=torch.float64) + 0.4 * D) / (1.4 * D)
-    scale = base_scale ** ((pos[..., None].double() - T // 2) / 4.0)  # [1, T, D / 2]
+    scale = (base_scale ** ((pos[..., None].double() - T // 2) / 4.0)).to(DEVICE)  # [1, T, D / 2]
+    pos = pos.to(DEVICE)
     check(lambda q, k: rot(q, k),
           lambda q, k: (ref_rotary(q, pos, D, 100.0, False, scale), ref_rotary(k, pos, D, 100.0, False, 1 / scale)),
           [q, k])
@@ -240,7 +248,7 @@ def test_short_convolution(act, varlen):
     x = torch.randn(1 if varlen else 2, sum(lens) if varlen else 7, D, generator=gen)
     w, b = torch.randn(D, W, generator=gen), torch.randn(D, generator=gen)
     h0 = torch.randn(len(lens), D, W, generator=gen)
-    cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()]) if varlen else None
+    cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], device=DEVICE) if varlen else None
 
     def ours(x, w, b, h0):
         return causal_conv1d(x, w, b, None, h0, True, "silu" if act else None, cu)
@@ -260,8 +268,8 @@ def test_short_convolution(act, varlen):
 def test_short_convolution_step_equals_forward():
     """Token by token through the cache (no autograd: the in-place step) equals one forward."""
     torch.manual_seed(0)
-    conv = modules.ShortConvolution(8, 4, bias=True)
-    x = torch.randn(2, 11, 8)
+    conv = modules.ShortConvolution(8, 4, bias=True).to(DEVICE)
+    x = torch.randn(2, 11, 8).to(DEVICE)
     with torch.no_grad():
         y, cache = conv(x, output_final_state=True)
         c = None
@@ -272,7 +280,7 @@ def test_short_convolution_step_equals_forward():
     close("y", torch.cat(steps, 1), y)
     close("cache", c, cache)
     xm = x.clone()
-    mask = torch.ones(2, 11)
+    mask = torch.ones(2, 11, device=DEVICE)
     mask[1, :3] = 0
     conv(xm, mask=mask)
     assert torch.equal(xm, x), "mask must not modify the input"
@@ -281,8 +289,8 @@ def test_short_convolution_step_equals_forward():
 def test_gated_mlp():
     torch.manual_seed(0)
     for kw in [dict(), dict(hidden_act="powlu", fuse_swiglu=False, intermediate_size=40)]:
-        mlp = modules.GatedMLP(16, **kw)
-        x = torch.randn(3, 16)
+        mlp = modules.GatedMLP(16, **kw).to(DEVICE)
+        x = torch.randn(3, 16).to(DEVICE)
         g, u, d = mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight
 
         def act(a):
@@ -317,6 +325,7 @@ def test_cross_entropy(options):
     gen = torch.Generator().manual_seed(0)
     logits, target = torch.randn(9, 30, generator=gen) * 3, torch.randint(0, 30, (9,), generator=gen)
     target[2] = -100
+    target = target.to(DEVICE)
     loss_fn = modules.FusedCrossEntropyLoss(**options)
     check(lambda z: loss_fn(z, target),
           lambda z: ref_ce(z, target, -100, options.get("label_smoothing", 0.0), options.get("logit_scale", 1.0),
@@ -333,6 +342,7 @@ def test_fused_linear_cross_entropy(options, num_chunks):
     x, w, b = torch.randn(N, H, generator=gen), torch.randn(V, H, generator=gen), torch.randn(V, generator=gen)
     target = torch.randint(0, V, (N,), generator=gen)
     target[[0, 7]] = -100
+    target = target.to(DEVICE)
     opts = {k: v for k, v in options.items() if k != "lse_square_scale"}
     loss_fn = modules.FusedLinearCrossEntropyLoss(num_chunks=num_chunks, **opts)
     check(lambda x, w, b: loss_fn(x, target, w, b),
@@ -369,6 +379,7 @@ def test_fused_kl_div():
     N, H, Ht, V = 13, 6, 5, 20
     x, tx = torch.randn(N, H, generator=gen), torch.randn(N, Ht, generator=gen)
     w, tw = torch.randn(V, H, generator=gen), torch.randn(V, Ht, generator=gen)
+    tx, tw = tx.to(DEVICE), tw.to(DEVICE)
     for reduction in ("batchmean", "sum"):
         loss_fn = modules.FusedKLDivLoss(reduction=reduction)
         check(lambda x, w: loss_fn(x, tx.float(), w, tw.float()),
