@@ -56,9 +56,18 @@ class RotaryEmbedding(nn.Module):
         self.dim, self.base, self.scale_base = dim, float(base), scale_base
         self.interleaved, self.pos_idx_in_fp32, self.device = interleaved, pos_idx_in_fp32, device
         self.register_buffer("inv_freq", self._inv_freq(device), persistent=False)
-        self.register_buffer("scale", None if scale_base is None else
-                             (torch.arange(0, dim, 2, device=device, dtype=torch.float32) + 0.4 * dim) / (1.4 * dim),
-                             persistent=False)
+        self.register_buffer("scale", None if scale_base is None else self._scale(device), persistent=False)
+
+    def _scale(self, device):
+        return (torch.arange(0, self.dim, 2, device=device, dtype=torch.float32) + 0.4 * self.dim) / (1.4 * self.dim)
+
+    def reset_parameters(self):
+        """Recompute the (unsaved) buffers: models built on the meta device and loaded from a
+        checkpoint (transformers' from_pretrained) have nothing in them otherwise."""
+        with torch.no_grad():
+            self.inv_freq.copy_(self._inv_freq(self.inv_freq.device))
+            if self.scale is not None:
+                self.scale.copy_(self._scale(self.scale.device))
 
     def _inv_freq(self, device):
         return 1.0 / (self.base ** (torch.arange(0, self.dim, 2, device=device, dtype=torch.float32) / self.dim))

@@ -1,0 +1,136 @@
+"""fla.models: every family's config, model and causal LM against FLA 0.6.0's record (class names,
+model_type, config fields and defaults, the state_dict of a tiny config and of a hybrid), then
+built tiny and run: loss and finite gradients for every parameter, the fused losses against
+the plain one, greedy generation with the cache against generation without it, a left-padded
+batch against each prompt alone, save/load, and the Auto classes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+import fla.models as models
+from recurrent_cases import DEVICE, DTYPE
+
+RECORDS = json.loads((Path(__file__).parent / "records" / "fla060_layouts.json").read_text())["models"]
+FAMILIES = {cfg.model_type: (cfg, model, causal) for cfg, model, causal in models.FAMILIES}
+# the HF fields every PretrainedConfig has (the record holds them too)
+GENERIC = {"transformers_version", "architectures", "output_hidden_states", "return_dict", "dtype",
+           "chunk_size_feed_forward", "is_encoder_decoder", "id2label", "label2id", "problem_type", "_name_or_path",
+           "output_attentions"}
+# delta-rule families train through the token-by-token kernels until the chunked ones land
+pytestmark = pytest.mark.filterwarnings("ignore:.*no chunked kernels")
+# tiny configurations for the runs (head dims the interpreter is quick with)
+TINY = dict(hidden_size=32, num_hidden_layers=2, vocab_size=48, num_heads=2, max_position_embeddings=64)
+TINY_EXTRA = {"gated_deltanet": dict(head_dim=16), "kda": dict(head_dim=16), "hgrn2": dict(expand_ratio=None)}
+
+
+@pytest.mark.parametrize("model_type", sorted(FAMILIES))
+def test_family_matches_fla_record(model_type):
+    rec = RECORDS[model_type]
+    config_cls, model_cls, causal_cls = FAMILIES[model_type]
+    assert (config_cls.__name__, model_cls.__name__, causal_cls.__name__) == \
+        (rec["config_class"], rec["model_class"], rec["causal_lm_class"])
+    assert model_cls._no_split_modules == rec["model_class_attrs"]["_no_split_modules"]
+    assert causal_cls._tied_weights_keys == rec["causal_lm_class_attrs"]["_tied_weights_keys"]
+    ours = config_cls()
+    for key, value in rec["default_config"].items():
+        if key not in GENERIC and key != "transformers_version":
+            assert getattr(ours, key) == value, f"default {key}"
+    for entry in (rec["tiny"], rec.get("hybrid")):
+        if entry is None or "state_dict" not in entry and "parameters" not in entry:
+            continue
+        model = causal_cls(config_cls(**entry["config"]))
+        theirs = entry.get("state_dict") or [p[:2] for p in entry["parameters"]]
+        assert sorted([k, list(v.shape)] for k, v in model.state_dict().items()) == sorted(t[:2] for t in theirs), \
+            entry["config"]
+
+
+def make(model_type, **overrides):
+    config_cls, _, causal_cls = FAMILIES[model_type]
+    torch.manual_seed(0)
+    config = config_cls(**{**TINY, **TINY_EXTRA.get(model_type, {}), **overrides})
+    return causal_cls(config).to(DEVICE, DTYPE).eval()
+
+
+def ids(B, T, seed=0):
+    return torch.randint(3, TINY["vocab_size"], (B, T), generator=torch.Generator().manual_seed(seed)).to(DEVICE)
+
+
+@pytest.mark.parametrize("model_type", sorted(FAMILIES))
+def test_train_step_and_cached_generation(model_type):
+    """Loss and a backward with finite gradients for every parameter; greedy generation through
+    the cache gives the tokens of generation by full forwards."""
+    model = make(model_type).train()
+    x = ids(2, 40)
+    out = model(x, labels=x)
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    for n, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), n
+    model.eval()
+    lengths = []
+    model.register_forward_pre_hook(lambda m, args, kw: lengths.append(kw["input_ids"].shape[1]), with_kwargs=True)
+    with torch.no_grad():
+        prompt = ids(2, 6, seed=1)
+        cached = model.generate(prompt, max_new_tokens=4, do_sample=False, pad_token_id=0)
+        assert lengths == [6, 1, 1, 1], f"the cache was not used: forward lengths {lengths}"
+        uncached = model.generate(prompt, max_new_tokens=4, do_sample=False, use_cache=False, pad_token_id=0)
+    assert torch.equal(cached, uncached)
+
+
+@pytest.mark.parametrize("model_type", ["gla", "gated_deltanet", "transformer"])
+def test_left_padded_generation_equals_each_prompt(model_type):
+    model = make(model_type)
+    prompts = [ids(1, 7, seed=2), ids(1, 4, seed=3)]
+    with torch.no_grad():
+        alone = [model.generate(p, max_new_tokens=3, do_sample=False, pad_token_id=0)[0, p.shape[1]:] for p in prompts]
+        batch = torch.zeros(2, 7, dtype=torch.long, device=DEVICE)
+        mask = torch.zeros(2, 7, dtype=torch.long, device=DEVICE)
+        for i, p in enumerate(prompts):
+            batch[i, 7 - p.shape[1]:], mask[i, 7 - p.shape[1]:] = p[0], 1
+        out = model.generate(batch, attention_mask=mask, max_new_tokens=3, do_sample=False, pad_token_id=0)
+    for i in range(2):
+        assert torch.equal(out[i, 7:], alone[i]), f"prompt {i}"
+
+
+def test_fused_losses_equal_the_plain_one():
+    x = ids(2, 20)
+    losses = []
+    for fuse in (dict(fuse_cross_entropy=False), dict(fuse_cross_entropy=True),
+                 dict(fuse_cross_entropy=False, fuse_linear_cross_entropy=True)):
+        model = make("gla", **fuse).train()
+        losses.append(model(x, labels=x).loss.detach().float())
+    for loss in losses[1:]:
+        assert torch.allclose(loss, losses[0], rtol=1e-4 if DTYPE == torch.float32 else 2e-2)
+
+
+def test_hybrid_save_load_and_auto_classes(tmp_path):
+    """A GLA model with softmax attention at layer 1: the layer is Attention, cached generation
+    equals uncached, and it survives save_pretrained / AutoModelForCausalLM.from_pretrained."""
+    model = make("gla", attn=dict(layers=[1], num_heads=2, num_kv_heads=1, window_size=8))
+    assert type(model.model.layers[1].attn).__name__ == "Attention"
+    prompt = ids(2, 6, seed=4)
+    with torch.no_grad():
+        cached = model.generate(prompt, max_new_tokens=4, do_sample=False, pad_token_id=0)
+        uncached = model.generate(prompt, max_new_tokens=4, do_sample=False, use_cache=False, pad_token_id=0)
+        assert torch.equal(cached, uncached)
+        model.save_pretrained(tmp_path)
+        loaded = AutoModelForCausalLM.from_pretrained(tmp_path).to(DEVICE, DTYPE)
+        assert type(loaded) is type(model) and loaded.config.attn == model.config.attn
+        assert torch.equal(loaded(prompt).logits, model(prompt).logits)
+    assert isinstance(AutoConfig.for_model("gla", hidden_size=32), models.GLAConfig)
+
+
+def test_configs_refuse_bad_fields():
+    with pytest.raises(ValueError, match="attn"):
+        models.GLAConfig(num_hidden_layers=2, attn=dict(layers=[5], num_heads=2))
+    with pytest.raises(ValueError, match="attn"):
+        models.GLAConfig(attn=dict(layers=[0], num_heads=2, heads=3))
+    with pytest.raises(NotImplementedError, match="attnres"):
+        models.GLAConfig(attnres_block_size=4)
