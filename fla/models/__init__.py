@@ -9,6 +9,7 @@ from fla.models.gated_deltanet import GatedDeltaNetConfig, GatedDeltaNetForCausa
 from fla.models.gla import GLAConfig, GLAForCausalLM, GLAModel
 from fla.models.hgrn2 import HGRN2Config, HGRN2ForCausalLM, HGRN2Model
 from fla.models.kda import KDAConfig, KDAForCausalLM, KDAModel
+from fla.models.mamba2 import Mamba2Config, Mamba2ForCausalLM, Mamba2Model
 from fla.models.linear_attn import LinearAttentionConfig, LinearAttentionForCausalLM, LinearAttentionModel
 from fla.models.retnet import RetNetConfig, RetNetForCausalLM, RetNetModel
 from fla.models.transformer import TransformerConfig, TransformerForCausalLM, TransformerModel
@@ -17,7 +18,7 @@ FAMILIES = [(DeltaNetConfig, DeltaNetModel, DeltaNetForCausalLM),
             (GatedDeltaNetConfig, GatedDeltaNetModel, GatedDeltaNetForCausalLM),
             (GLAConfig, GLAModel, GLAForCausalLM), (HGRN2Config, HGRN2Model, HGRN2ForCausalLM), (KDAConfig, KDAModel, KDAForCausalLM),
             (LinearAttentionConfig, LinearAttentionModel, LinearAttentionForCausalLM),
-            (RetNetConfig, RetNetModel, RetNetForCausalLM), (TransformerConfig, TransformerModel, TransformerForCausalLM)]
+            (Mamba2Config, Mamba2Model, Mamba2ForCausalLM), (RetNetConfig, RetNetModel, RetNetForCausalLM), (TransformerConfig, TransformerModel, TransformerForCausalLM)]
 for _config, _model, _causal in FAMILIES:
     AutoConfig.register(_config.model_type, _config, exist_ok=True)
     AutoModel.register(_config, _model, exist_ok=True)

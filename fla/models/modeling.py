@@ -88,13 +88,15 @@ class FLAModel(FLAPreTrainedModel):
     [B, S] 0/1 (left padding for generation), past_key_values (fla.models.Cache), use_cache)."""
 
     block_class = FLABlock
+    final_norm_name = "norm"  # (Mamba2's is norm_f)
 
     def __init__(self, config):
         super().__init__(config)
         self.padding_idx, self.vocab_size = config.pad_token_id, config.vocab_size
         self.embeddings = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
         self.layers = nn.ModuleList([self.block_class(config, i) for i in range(config.num_hidden_layers)])
-        self.norm = (RMSNorm if config.fuse_norm else nn.RMSNorm)(config.hidden_size, eps=config.norm_eps)
+        setattr(self, self.final_norm_name,
+                (RMSNorm if config.fuse_norm else nn.RMSNorm)(config.hidden_size, eps=config.norm_eps))
         self.gradient_checkpointing = False
         self.post_init()
 
@@ -125,7 +127,7 @@ class FLAModel(FLAPreTrainedModel):
             hidden_states, _, past_key_values = layer(hidden_states, attention_mask=attention_mask,
                                                       past_key_values=past_key_values, use_cache=use_cache,
                                                       **self.layer_kwargs(i), **kwargs)
-        hidden_states = self.norm(hidden_states)
+        hidden_states = getattr(self, self.final_norm_name)(hidden_states)
         if output_hidden_states:
             all_hidden += (hidden_states,)
         return _output(BaseModelOutputWithPast, past_key_values, last_hidden_state=hidden_states,
@@ -141,7 +143,7 @@ class FLAForCausalLM(FLAPreTrainedModel, GenerationMixin):
 
     def __init__(self, config):
         super().__init__(config)
-        self.model = self.model_class(config)
+        setattr(self, self.base_model_prefix, self.model_class(config))  # model (backbone for Mamba2)
         self.vocab_size = config.vocab_size
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
@@ -151,10 +153,10 @@ class FLAForCausalLM(FLAPreTrainedModel, GenerationMixin):
         return False  # generate() must not hand the layers a DynamicCache: they keep fla.models.Cache
 
     def get_input_embeddings(self):
-        return self.model.embeddings
+        return self.base_model.embeddings
 
     def set_input_embeddings(self, value):
-        self.model.embeddings = value
+        self.base_model.embeddings = value
 
     def get_output_embeddings(self):
         return self.lm_head
@@ -179,7 +181,7 @@ class FLAForCausalLM(FLAPreTrainedModel, GenerationMixin):
                 logits_to_keep=0, **kwargs):
         kwargs.pop("cache_position", None)
         past_key_values = _cache_argument(past_key_values, kwargs)
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
+        out = self.base_model(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
                          past_key_values=past_key_values, use_cache=use_cache,
                          output_hidden_states=output_hidden_states, **kwargs)
         hidden_states = out.last_hidden_state
