@@ -29,7 +29,10 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*no chunked kernels")
 # tiny configurations for the runs (head dims the interpreter is quick with)
 TINY = dict(hidden_size=32, num_hidden_layers=2, vocab_size=48, num_heads=2, max_position_embeddings=64)
 TINY_EXTRA = {"gated_deltanet": dict(head_dim=16), "kda": dict(head_dim=16), "hgrn2": dict(expand_ratio=None),
-              "mamba2": dict(num_heads=4, head_dim=16, state_size=8)}
+              "mamba2": dict(num_heads=4, head_dim=16, state_size=8),
+              "rwkv6": dict(proj_low_rank_dim=4, gate_low_rank_dim=8),
+              "rwkv7": dict(num_heads=None, head_dim=16, decay_low_rank_dim=8, gate_low_rank_dim=8, a_low_rank_dim=8,
+                            v_low_rank_dim=8)}
 
 
 def _as_recorded(value):
@@ -93,7 +96,7 @@ def test_train_step_and_cached_generation(model_type):
     assert torch.equal(cached, uncached)
 
 
-@pytest.mark.parametrize("model_type", ["gla", "gated_deltanet", "transformer"])
+@pytest.mark.parametrize("model_type", ["gla", "gated_deltanet", "transformer", "rwkv6", "rwkv7"])
 def test_left_padded_generation_equals_each_prompt(model_type):
     model = make(model_type)
     prompts = [ids(1, 7, seed=2), ids(1, 4, seed=3)]

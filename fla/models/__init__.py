@@ -12,13 +12,16 @@ from fla.models.kda import KDAConfig, KDAForCausalLM, KDAModel
 from fla.models.mamba2 import Mamba2Config, Mamba2ForCausalLM, Mamba2Model
 from fla.models.linear_attn import LinearAttentionConfig, LinearAttentionForCausalLM, LinearAttentionModel
 from fla.models.retnet import RetNetConfig, RetNetForCausalLM, RetNetModel
+from fla.models.rwkv6 import RWKV6Config, RWKV6ForCausalLM, RWKV6Model
+from fla.models.rwkv7 import RWKV7Config, RWKV7ForCausalLM, RWKV7Model
 from fla.models.transformer import TransformerConfig, TransformerForCausalLM, TransformerModel
 
 FAMILIES = [(DeltaNetConfig, DeltaNetModel, DeltaNetForCausalLM),
             (GatedDeltaNetConfig, GatedDeltaNetModel, GatedDeltaNetForCausalLM),
             (GLAConfig, GLAModel, GLAForCausalLM), (HGRN2Config, HGRN2Model, HGRN2ForCausalLM), (KDAConfig, KDAModel, KDAForCausalLM),
             (LinearAttentionConfig, LinearAttentionModel, LinearAttentionForCausalLM),
-            (Mamba2Config, Mamba2Model, Mamba2ForCausalLM), (RetNetConfig, RetNetModel, RetNetForCausalLM), (TransformerConfig, TransformerModel, TransformerForCausalLM)]
+            (Mamba2Config, Mamba2Model, Mamba2ForCausalLM), (RetNetConfig, RetNetModel, RetNetForCausalLM),
+            (RWKV6Config, RWKV6Model, RWKV6ForCausalLM), (RWKV7Config, RWKV7Model, RWKV7ForCausalLM), (TransformerConfig, TransformerModel, TransformerForCausalLM)]
 for _config, _model, _causal in FAMILIES:
     AutoConfig.register(_config.model_type, _config, exist_ok=True)
     AutoModel.register(_config, _model, exist_ok=True)

@@ -26,6 +26,12 @@ class FLAConfig(PretrainedConfig):
     keys_to_ignore_at_inference = ["past_key_values"]
     defaults: ClassVar[dict] = {}
 
+    def __init_subclass__(cls, **kwargs):
+        # a family's config keeps FLAConfig's __init__: transformers would generate a dataclass one
+        if "__init__" not in cls.__dict__:
+            cls.__init__ = FLAConfig.__init__
+        super().__init_subclass__(**kwargs)
+
     def __init__(self, pad_token_id=None, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False, use_cache=True,
                  **kwargs):
         for name, default in {**COMMON, **self.defaults}.items():

@@ -95,10 +95,14 @@ class FLAModel(FLAPreTrainedModel):
         self.padding_idx, self.vocab_size = config.pad_token_id, config.vocab_size
         self.embeddings = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
         self.layers = nn.ModuleList([self.block_class(config, i) for i in range(config.num_hidden_layers)])
-        setattr(self, self.final_norm_name,
-                (RMSNorm if config.fuse_norm else nn.RMSNorm)(config.hidden_size, eps=config.norm_eps))
+        setattr(self, self.final_norm_name, self.make_final_norm(config))
         self.gradient_checkpointing = False
         self.post_init()
+
+    @staticmethod
+    def make_final_norm(config):
+        """The norm after the last block (RMSNorm; RWKV's is a LayerNorm)."""
+        return (RMSNorm if config.fuse_norm else nn.RMSNorm)(config.hidden_size, eps=config.norm_eps)
 
     def get_input_embeddings(self):
         return self.embeddings
@@ -121,12 +125,15 @@ class FLAModel(FLAPreTrainedModel):
         if use_cache and past_key_values is None:
             past_key_values = Cache()
         all_hidden = () if output_hidden_states else None
+        carry = {}  # what a block hands to the ones after it (RWKV-7's v_first)
         for i, layer in enumerate(self.layers):
             if output_hidden_states:
                 all_hidden += (hidden_states,)
-            hidden_states, _, past_key_values = layer(hidden_states, attention_mask=attention_mask,
-                                                      past_key_values=past_key_values, use_cache=use_cache,
-                                                      **self.layer_kwargs(i), **kwargs)
+            out = layer(hidden_states, attention_mask=attention_mask, past_key_values=past_key_values,
+                        use_cache=use_cache, **self.layer_kwargs(i), **carry, **kwargs)
+            hidden_states, past_key_values = out[0], out[2]
+            if len(out) > 3 and out[3] is not None:
+                carry["v_first"] = out[3]
         hidden_states = getattr(self, self.final_norm_name)(hidden_states)
         if output_hidden_states:
             all_hidden += (hidden_states,)
@@ -212,9 +219,7 @@ def family(prefix: str, model_type: str, defaults: dict, mixer, module: str, mod
     layer_idx)``, its token mixer; ``module`` is where they live (for pickling and imports);
     ``model_base`` a subclass of FLAModel for a family with model-level parameters."""
     from fla.models.configuration import FLAConfig
-    # (FLAConfig's __init__ given explicitly: transformers would otherwise generate a dataclass one)
-    config = type(f"{prefix}Config", (FLAConfig,), dict(model_type=model_type, defaults=defaults, __module__=module,
-                                                         __init__=FLAConfig.__init__))
+    config = type(f"{prefix}Config", (FLAConfig,), dict(model_type=model_type, defaults=defaults, __module__=module))
     block = type(f"{prefix}Block", (FLABlock,), dict(mixer=staticmethod(mixer), __module__=module))
     common = dict(config_class=config, _no_split_modules=[f"{prefix}Block"], __module__=module)
     model = type(f"{prefix}Model", (model_base or FLAModel,), dict(common, block_class=block))
