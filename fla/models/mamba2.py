@@ -9,7 +9,7 @@ import torch.nn as nn
 
 from fla.layers import Mamba2
 from fla.models.configuration import FLAConfig
-from fla.models.modeling import FLAForCausalLM, FLAModel
+from fla.models.modeling import model_classes
 from fla.modules import RMSNorm
 
 
@@ -52,17 +52,6 @@ class Mamba2Block(nn.Module):
         return ((residual + out).to(hidden_states.dtype), None, past_key_values)
 
 
-class Mamba2Model(FLAModel):
-    config_class = Mamba2Config
-    base_model_prefix = "backbone"
-    _no_split_modules = ["Mamba2Block"]
-    block_class = Mamba2Block
-    final_norm_name = "norm_f"
-
-
-class Mamba2ForCausalLM(FLAForCausalLM):
-    config_class = Mamba2Config
-    base_model_prefix = "backbone"
-    _no_split_modules = ["Mamba2Block"]
-    _tied_weights_keys = {"lm_head.weight": "backbone.embeddings.weight"}
-    model_class = Mamba2Model
+Mamba2Model, Mamba2ForCausalLM = model_classes(
+    "Mamba2", Mamba2Config, Mamba2Block, __name__, base_model_prefix="backbone",
+    causal__tied_weights_keys={"lm_head.weight": "backbone.embeddings.weight"}, model_final_norm_name="norm_f")

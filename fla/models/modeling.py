@@ -27,6 +27,17 @@ def _cache_argument(past_key_values, kwargs):
     return cache if cache is not None else past_key_values
 
 
+def hybrid_attention(config, layer_idx):
+    """Softmax attention for layer ``layer_idx`` if config.attn puts it there (a hybrid), else None."""
+    attn = config.attn
+    if attn is None or layer_idx not in attn["layers"]:
+        return None
+    return Attention(hidden_size=config.hidden_size, num_heads=attn["num_heads"], num_kv_heads=attn.get("num_kv_heads"),
+                     qkv_bias=attn.get("qkv_bias", False), qk_norm=attn.get("qk_norm", False),
+                     window_size=attn.get("window_size"), rope_theta=attn.get("rope_theta", 10000.0),
+                     max_position_embeddings=config.max_position_embeddings, layer_idx=layer_idx)
+
+
 class FLABlock(nn.Module):
     """attn_norm -> attn (the family's mixer, or Attention at config.attn's layers) -> mlp_norm
     (with the residual added in) -> mlp, residuals around both."""
@@ -41,15 +52,7 @@ class FLABlock(nn.Module):
         self.config, self.layer_idx = config, layer_idx
         norm = RMSNorm if config.fuse_norm else nn.RMSNorm
         self.attn_norm = norm(config.hidden_size, eps=config.norm_eps)
-        attn = config.attn
-        if attn is not None and layer_idx in attn["layers"]:
-            self.attn = Attention(hidden_size=config.hidden_size, num_heads=attn["num_heads"],
-                                  num_kv_heads=attn.get("num_kv_heads"), qkv_bias=attn.get("qkv_bias", False),
-                                  qk_norm=attn.get("qk_norm", False), window_size=attn.get("window_size"),
-                                  rope_theta=attn.get("rope_theta", 10000.0),
-                                  max_position_embeddings=config.max_position_embeddings, layer_idx=layer_idx)
-        else:
-            self.attn = self.mixer(config, layer_idx)
+        self.attn = hybrid_attention(config, layer_idx) or self.mixer(config, layer_idx)
         self.mlp_norm = norm(config.hidden_size, eps=config.norm_eps)
         self.mlp = GatedMLP(config.hidden_size, config.hidden_ratio, config.intermediate_size, config.hidden_act,
                             config.fuse_swiglu)
@@ -213,6 +216,19 @@ class FLAForCausalLM(FLAPreTrainedModel, GenerationMixin):
                        attentions=None)
 
 
+def model_classes(prefix: str, config, block, module: str, model_base=None, **attrs):
+    """(<prefix>Model, <prefix>ForCausalLM) of a family: its config class, its block class,
+    ``model_base`` (a FLAModel subclass, for model-level parameters) and class attributes given
+    to both (base_model_prefix, ...) or, prefixed ``model_`` or ``causal_``, to one of them."""
+    def only(prefix_):
+        return {k[len(prefix_):]: v for k, v in attrs.items() if k.startswith(prefix_)}
+    common = dict(config_class=config, _no_split_modules=[f"{prefix}Block"], __module__=module,
+                  **{k: v for k, v in attrs.items() if not k.startswith(("model_", "causal_"))})
+    model = type(f"{prefix}Model", (model_base or FLAModel,), dict(common, block_class=block, **only("model_")))
+    causal = type(f"{prefix}ForCausalLM", (FLAForCausalLM,), dict(common, model_class=model, **only("causal_")))
+    return model, causal
+
+
 def family(prefix: str, model_type: str, defaults: dict, mixer, module: str, model_base=None):
     """A family's classes, FLA's names: (<prefix>Config, <prefix>Block, <prefix>Model,
     <prefix>ForCausalLM) from its config fields (``defaults``, FLA's) and ``mixer(config,
@@ -221,7 +237,4 @@ def family(prefix: str, model_type: str, defaults: dict, mixer, module: str, mod
     from fla.models.configuration import FLAConfig
     config = type(f"{prefix}Config", (FLAConfig,), dict(model_type=model_type, defaults=defaults, __module__=module))
     block = type(f"{prefix}Block", (FLABlock,), dict(mixer=staticmethod(mixer), __module__=module))
-    common = dict(config_class=config, _no_split_modules=[f"{prefix}Block"], __module__=module)
-    model = type(f"{prefix}Model", (model_base or FLAModel,), dict(common, block_class=block))
-    causal = type(f"{prefix}ForCausalLM", (FLAForCausalLM,), dict(common, model_class=model))
-    return config, block, model, causal
+    return (config, block, *model_classes(prefix, config, block, module, model_base))

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from fla.layers import Attention, RWKV6Attention
+from fla.layers import RWKV6Attention
 from fla.layers.rwkv6 import LerpLinear
 from fla.layers.utils import layer_state, store_state
 from fla.models.configuration import FLAConfig
-from fla.models.modeling import FLAForCausalLM, FLAModel
+from fla.models.modeling import hybrid_attention, model_classes
 from fla.modules import LayerNorm
 from fla.modules.activations import ACT2FN
 from fla.modules.token_shift import token_shift
@@ -56,47 +56,52 @@ class RWKV6FeedForward(nn.Module):
         return out
 
 
-class RWKV6Block(nn.Module):
+class RWKVBlock(nn.Module):
+    """RWKV's block: (a pre-norm on layer 0,) attn_norm -> time mixing -> ffn_norm -> channel
+    mixing, residuals around both; a family gives ``time_mixer`` and ``channel_mixer``. Returns
+    v_first as the fourth element (RWKV-7's, from layer 0; passed through otherwise)."""
+
+    @staticmethod
+    def time_mixer(config, layer_idx):
+        raise NotImplementedError
+
+    @staticmethod
+    def channel_mixer(config, layer_idx):
+        raise NotImplementedError
+
     def __init__(self, config, layer_idx: int):
         super().__init__()
         self.config, self.layer_idx = config, layer_idx
         if config.norm_first and layer_idx == 0:
             self.pre_norm = rwkv_norm(config)
         self.attn_norm = rwkv_norm(config)
-        attn = config.attn
-        if attn is not None and layer_idx in attn["layers"]:
-            self.attn = Attention(hidden_size=config.hidden_size, num_heads=attn["num_heads"],
-                                  num_kv_heads=attn.get("num_kv_heads"), window_size=attn.get("window_size"),
-                                  rope_theta=attn.get("rope_theta", 10000.0), layer_idx=layer_idx)
-        else:
-            self.attn = RWKV6Attention(mode=config.attn_mode, hidden_size=config.hidden_size,
-                                       expand_k=config.expand_k, expand_v=config.expand_v,
-                                       num_heads=config.num_heads, proj_low_rank_dim=config.proj_low_rank_dim,
-                                       gate_low_rank_dim=config.gate_low_rank_dim, norm_eps=config.norm_eps,
-                                       fuse_norm=config.fuse_norm, layer_idx=layer_idx)
+        self.attn = hybrid_attention(config, layer_idx) or self.time_mixer(config, layer_idx)
         self.ffn_norm = rwkv_norm(config)
-        self.ffn = RWKV6FeedForward(config.hidden_size, config.hidden_ratio, config.intermediate_size,
-                                    config.hidden_act, layer_idx)
+        self.ffn = self.channel_mixer(config, layer_idx)
 
     def forward(self, hidden_states, attention_mask=None, past_key_values=None, use_cache=False,
-                output_attentions=False, **kwargs):
+                output_attentions=False, v_first=None, **kwargs):
         residual = self.pre_norm(hidden_states) if hasattr(self, "pre_norm") else hidden_states
         out = self.attn(self.attn_norm(residual), attention_mask=attention_mask, past_key_values=past_key_values,
-                        use_cache=use_cache, **kwargs)
+                        use_cache=use_cache, v_first=v_first, **kwargs)
         hidden_states = residual + out[0]
         hidden_states = hidden_states + self.ffn(self.ffn_norm(hidden_states), attention_mask, past_key_values,
                                                  use_cache)
-        return (hidden_states, None, past_key_values)
+        return (hidden_states, None, past_key_values, out[3] if len(out) > 3 else v_first)
 
 
-class RWKV6Model(FLAModel):
-    config_class = RWKV6Config
-    _no_split_modules = ["RWKV6Block"]
-    block_class = RWKV6Block
-    make_final_norm = staticmethod(rwkv_norm)
+class RWKV6Block(RWKVBlock):
+    @staticmethod
+    def time_mixer(c, i):
+        return RWKV6Attention(mode=c.attn_mode, hidden_size=c.hidden_size, expand_k=c.expand_k, expand_v=c.expand_v,
+                              num_heads=c.num_heads, proj_low_rank_dim=c.proj_low_rank_dim,
+                              gate_low_rank_dim=c.gate_low_rank_dim, norm_eps=c.norm_eps, fuse_norm=c.fuse_norm,
+                              layer_idx=i)
+
+    @staticmethod
+    def channel_mixer(c, i):
+        return RWKV6FeedForward(c.hidden_size, c.hidden_ratio, c.intermediate_size, c.hidden_act, i)
 
 
-class RWKV6ForCausalLM(FLAForCausalLM):
-    config_class = RWKV6Config
-    _no_split_modules = ["RWKV6Block"]
-    model_class = RWKV6Model
+RWKV6Model, RWKV6ForCausalLM = model_classes("RWKV6", RWKV6Config, RWKV6Block, __name__,
+                                             model_make_final_norm=staticmethod(rwkv_norm))

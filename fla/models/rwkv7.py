@@ -8,11 +8,11 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from fla.layers import Attention, RWKV7Attention
+from fla.layers import RWKV7Attention
 from fla.layers.utils import layer_state, store_state
 from fla.models.configuration import FLAConfig
-from fla.models.modeling import FLAForCausalLM, FLAModel
-from fla.models.rwkv6 import rwkv_norm
+from fla.models.modeling import model_classes
+from fla.models.rwkv6 import RWKVBlock, rwkv_norm
 from fla.modules.activations import ACT2FN
 from fla.modules.token_shift import token_shift
 
@@ -68,51 +68,20 @@ class RWKV7FeedForward(nn.Module):
         return self.value(self.act_fn(self.key(x + delta * self.x_k)))
 
 
-class RWKV7Block(nn.Module):
-    def __init__(self, config, layer_idx: int):
-        super().__init__()
-        self.config, self.layer_idx = config, layer_idx
-        if config.norm_first and layer_idx == 0:
-            self.pre_norm = rwkv_norm(config)
-        self.attn_norm = rwkv_norm(config)
-        attn = config.attn
-        if attn is not None and layer_idx in attn["layers"]:
-            self.attn = Attention(hidden_size=config.hidden_size, num_heads=attn["num_heads"],
-                                  num_kv_heads=attn.get("num_kv_heads"), window_size=attn.get("window_size"),
-                                  rope_theta=attn.get("rope_theta", 10000.0), layer_idx=layer_idx)
-        else:
-            self.attn = RWKV7Attention(mode=config.attn_mode, hidden_size=config.hidden_size,
-                                       head_dim=config.head_dim, num_heads=config.num_heads,
-                                       decay_low_rank_dim=config.decay_low_rank_dim,
-                                       gate_low_rank_dim=config.gate_low_rank_dim,
-                                       a_low_rank_dim=config.a_low_rank_dim, v_low_rank_dim=config.v_low_rank_dim,
-                                       norm_eps=config.norm_eps, fuse_norm=config.fuse_norm, layer_idx=layer_idx,
-                                       value_dim=config.value_dim[layer_idx],
-                                       num_hidden_layers=config.num_hidden_layers)
-        self.ffn_norm = rwkv_norm(config)
-        self.ffn = RWKV7FeedForward(config.hidden_size, config.hidden_ratio, config.intermediate_size,
-                                    config.hidden_act, layer_idx, config.num_hidden_layers)
+class RWKV7Block(RWKVBlock):
+    @staticmethod
+    def time_mixer(c, i):
+        return RWKV7Attention(mode=c.attn_mode, hidden_size=c.hidden_size, head_dim=c.head_dim, num_heads=c.num_heads,
+                              decay_low_rank_dim=c.decay_low_rank_dim, gate_low_rank_dim=c.gate_low_rank_dim,
+                              a_low_rank_dim=c.a_low_rank_dim, v_low_rank_dim=c.v_low_rank_dim, norm_eps=c.norm_eps,
+                              fuse_norm=c.fuse_norm, layer_idx=i, value_dim=c.value_dim[i],
+                              num_hidden_layers=c.num_hidden_layers)
 
-    def forward(self, hidden_states, attention_mask=None, past_key_values=None, use_cache=False,
-                output_attentions=False, v_first=None, **kwargs):
-        residual = self.pre_norm(hidden_states) if hasattr(self, "pre_norm") else hidden_states
-        mixing = dict(v_first=v_first) if isinstance(self.attn, RWKV7Attention) else {}
-        out = self.attn(self.attn_norm(residual), attention_mask=attention_mask, past_key_values=past_key_values,
-                        use_cache=use_cache, **mixing, **kwargs)
-        hidden_states = residual + out[0]
-        hidden_states = hidden_states + self.ffn(self.ffn_norm(hidden_states), attention_mask, past_key_values,
-                                                 use_cache)
-        return (hidden_states, None, past_key_values, out[3] if len(out) > 3 else v_first)
+    @staticmethod
+    def channel_mixer(c, i):
+        return RWKV7FeedForward(c.hidden_size, c.hidden_ratio, c.intermediate_size, c.hidden_act, i,
+                                c.num_hidden_layers)
 
 
-class RWKV7Model(FLAModel):
-    config_class = RWKV7Config
-    _no_split_modules = ["RWKV7Block"]
-    block_class = RWKV7Block
-    make_final_norm = staticmethod(rwkv_norm)
-
-
-class RWKV7ForCausalLM(FLAForCausalLM):
-    config_class = RWKV7Config
-    _no_split_modules = ["RWKV7Block"]
-    model_class = RWKV7Model
+RWKV7Model, RWKV7ForCausalLM = model_classes("RWKV7", RWKV7Config, RWKV7Block, __name__,
+                                             model_make_final_norm=staticmethod(rwkv_norm))
