@@ -365,6 +365,8 @@ def test_fused_linear_cross_entropy_l2warp_and_bf16():
     extra = torch.zeros_like(z).scatter(-1, ids[:, None], (top * 0.5 / N)[:, None])
     (F.cross_entropy(z, target) + (z * extra.detach()).sum()).backward()
     close("loss", loss.detach(), F.cross_entropy(z, target).detach())
+    with torch.no_grad():  # (no gradients made: the same loss)
+        close("loss without grad", modules.FusedLinearCrossEntropyLoss()(x, target, w), F.cross_entropy(z, target))
     close("dx", x.grad, xr.grad)
     close("dw", w.grad, wr.grad)
     xb, wb = x.detach().bfloat16().requires_grad_(), w.detach().bfloat16().requires_grad_()

@@ -14,6 +14,7 @@ from flagen.ir import Recurrence, Shape
 from flagen.runtime.op import get_op
 
 MODES = ("chunk", "fused_recurrent")
+_OPS_BY_SPEC = {}  # id(spec) -> (spec, op); the spec is kept so that its id is not reused
 
 
 class RecurrentLayer(QKVLayer):
@@ -69,8 +70,13 @@ class RecurrentLayer(QKVLayer):
 
     @property
     def op(self):
-        """The spec's op (flagen.runtime.op.get_op: compiled once per process, then shared)."""
-        return get_op(self.spec)
+        """The spec's op (flagen.runtime.op.get_op: compiled once per process, then shared),
+        looked up once per spec object: get_op keys a user's spec by its IR text (~10 us), too
+        much for every decoding step."""
+        entry = _OPS_BY_SPEC.get(id(self.spec))
+        if entry is None or entry[0] is not self.spec:
+            entry = _OPS_BY_SPEC[id(self.spec)] = (self.spec, get_op(self.spec))
+        return entry[1]
 
     def extra_repr(self) -> str:
         return f"spec={self.spec_name}, mode={self.mode}"

@@ -22,24 +22,27 @@ def _chunk_rows(N, H, V, num_chunks):
 class _FusedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, target, weight, bias, ignore_index, label_smoothing, logit_scale, logit_softcapping,
-                num_chunks, reduction, use_l2warp, l2_penalty_factor, accumulate_grad_in_fp32):
+                num_chunks, reduction, use_l2warp, l2_penalty_factor, accumulate_grad_in_fp32, need_grad):
         N, H = x.shape
         V = weight.shape[0]
         valid = target != ignore_index
         total = valid.sum().clamp_min(1)
         grad_scale = 1.0 / total.float() if reduction == "mean" else torch.ones((), device=x.device)
         gdtype = torch.float32 if accumulate_grad_in_fp32 else weight.dtype
-        dx = torch.empty_like(x)
-        dw = torch.zeros(V, H, dtype=gdtype, device=x.device)
-        db = torch.zeros(V, dtype=gdtype, device=x.device) if bias is not None else None
+        # the gradients are made here, chunk by chunk, only when a backward can follow (need_grad)
+        dx = torch.empty_like(x) if need_grad else None
+        dw = torch.zeros(V, H, dtype=gdtype, device=x.device) if need_grad else None
+        db = torch.zeros(V, dtype=gdtype, device=x.device) if bias is not None and need_grad else None
         loss = x.new_zeros((), dtype=torch.float32)
         C = _chunk_rows(N, H, V, num_chunks)
         for start in range(0, N, C):
             xc = x[start:start + C]
             logits = F.linear(xc, weight, bias)  # [C, V] in x's dtype, as the layer would give them
             c_loss, _, dz = cross_entropy_rows(logits, target[start:start + C], ignore_index, label_smoothing,
-                                               logit_scale, logit_softcapping, 0.0, grad_scale)
+                                               logit_scale, logit_softcapping, 0.0, grad_scale if need_grad else None)
             loss += c_loss.sum()
+            if not need_grad:
+                continue
             if use_l2warp:
                 # L2-Warp: a gradient-only pull of each row's largest logit towards 0, scaled by
                 # the number of rows (the loss value is unchanged)
@@ -59,7 +62,7 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         g = dloss.float()
         wdtype, bdtype = ctx.dtypes
         return ((dx.float() * g).to(dx.dtype), None, (dw.float() * g).to(wdtype),
-                (db.float() * g).to(bdtype) if db is not None else None, *([None] * 9))
+                (db.float() * g).to(bdtype) if db is not None else None, *([None] * 10))
 
 
 class FusedLinearCrossEntropyLoss(nn.Module):
@@ -91,4 +94,5 @@ class FusedLinearCrossEntropyLoss(nn.Module):
         return _FusedLinearCrossEntropy.apply(
             x, target, weight, bias, self.ignore_index, self.label_smoothing, self.logit_scale,
             self.logit_softcapping, self.num_chunks, self.reduction, self.use_l2warp, self.l2_penalty_factor,
-            self.accumulate_grad_in_fp32)
+            self.accumulate_grad_in_fp32,
+            torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)))
