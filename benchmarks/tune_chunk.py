@@ -37,9 +37,16 @@ CANDIDATES["dh"] = CANDIDATES["h"]
 CANDIDATES["dv"] = CANDIDATES["o"]
 
 
-def _round(kinds: list[str], r: int, base: dict) -> dict:
+def _entry(kind: str, path: str | None) -> str:
+    """The TILES entry a kind's candidates go to: "<kind>:<path>" for one decay path (which
+    overrides "<kind>" there), else "<kind>"."""
+    return f"{kind}:{path}" if path else kind
+
+
+def _round(kinds: list[str], r: int, base: dict, path: str | None = None) -> dict:
     """TILES entries of round r: each kind's r-th candidate (its default once the list runs out)."""
-    return {kind: CANDIDATES[kind][r] if r < len(CANDIDATES[kind]) else base[kind] for kind in kinds}
+    return {_entry(kind, path): CANDIDATES[kind][r] if r < len(CANDIDATES[kind]) else base.get(_entry(kind, path), base[kind])
+            for kind in kinds}
 
 
 def _setup(name: str, B: int, T: int, H: int, D: int, chunk_size: int | None = None):
@@ -91,19 +98,25 @@ def _override(specs: list[str]):
 
 
 def _warm(job):
-    """Worker: compile the given rounds (small T, same specialisations as the timed shapes)."""
-    name, B, H, D, kinds, rounds, overrides, candidates, chunk_size = job
+    """Worker, one round per process: compile it (small T, same specialisations as the timed
+    shapes) and run it once. Returns (op, round, error): a round whose kernels fault (Triton 3.6
+    miscompiles some tiles on Hopper, chunked.TILES) leaves its CUDA context unusable, so it
+    gets a process of its own and the timing process never runs it."""
+    name, B, H, D, kinds, r, overrides, candidates, chunk_size, path = job
     for spec in candidates:  # spawned: the parent's --candidates again
         kind, opts = spec.split("=")
         CANDIDATES[kind] = [tuple(int(x) for x in o.split(",")) for o in opts.split("/")]
-    import torch  # noqa: F401
+    import torch
     from flagen.runtime import chunked
-    _override(overrides)
-    base = dict(chunked.TILES)
-    fwd_bwd = _setup(name, B, 1024, H, D, chunk_size)
-    for r in rounds:
-        _run_round(fwd_bwd, _round(kinds, r, base), base, chunked)
-    return len(rounds)
+    try:
+        _override(overrides)
+        base = dict(chunked.TILES)
+        fwd_bwd = _setup(name, B, 1024, H, D, chunk_size)
+        _run_round(fwd_bwd, _round(kinds, r, base, path), base, chunked)
+        torch.cuda.synchronize()
+        return name, r, None
+    except Exception as e:  # noqa: BLE001 - a fault: report it, the process ends with the task
+        return name, r, f"{type(e).__name__}: {str(e)[:120]}"
 
 
 def main():
@@ -115,6 +128,8 @@ def main():
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--out", default=None)
     p.add_argument("--chunk-size", type=int, default=None)
+    p.add_argument("--path", default=None, choices=["key", "scalar", "none"],
+                   help="tune the decay path's own TILES entries (e.g. h:key) instead of the shared ones")
     p.add_argument("--override", action="append", default=[],
                    help="VARIANT=PATH: take that variant's kernels from another module file (a patched copy)")
     p.add_argument("--candidates", action="append", default=[],
@@ -132,11 +147,12 @@ def main():
     # compile every round in parallel (one batch size per op: only T differs, and T = 1024
     # keeps the same divisibility specialisations as the timed T)
     _override(args.override)
-    jobs = [(name, shapes[0][0], shapes[0][2], shapes[0][3], kinds, list(range(i, n_rounds, args.workers)),
-             args.override, args.candidates, args.chunk_size)
-            for name in args.ops.split(",") for i in range(args.workers)]
-    with mp.get_context("spawn").Pool(args.workers) as pool:
-        pool.map(_warm, jobs, chunksize=1)
+    jobs = [(name, shapes[0][0], shapes[0][2], shapes[0][3], kinds, r, args.override, args.candidates,
+             args.chunk_size, args.path) for name in args.ops.split(",") for r in range(n_rounds)]
+    with mp.get_context("spawn").Pool(args.workers, maxtasksperchild=1) as pool:
+        faults = {(name, r): err for name, r, err in pool.map(_warm, jobs, chunksize=1) if err}
+    for (name, r), err in sorted(faults.items()):
+        print(f"round {r} of {name} faulted in its worker, not timed: {err}", flush=True)
 
     import torch
     results = []
@@ -144,7 +160,11 @@ def main():
         for B, T, H, D in shapes:
             fwd_bwd = _setup(name, B, T, H, D, args.chunk_size)
             for r in range(n_rounds):
-                tiles = _round(kinds, r, base)
+                tiles = _round(kinds, r, base, args.path)
+                if (name, r) in faults:
+                    results += [dict(op=name, shape=f"B{B}_T{T}_H{H}_D{D}", kind=e.split(":")[0], tiles=list(o),
+                                     error="round faulted: " + faults[name, r]) for e, o in tiles.items()]
+                    continue
                 errors = _run_round(fwd_bwd, tiles, base, chunked)
                 chunked.TILES.update(tiles)
                 good = {k: v for k, v in tiles.items() if k not in errors}
@@ -157,12 +177,13 @@ def main():
                     torch.cuda.synchronize()
                 chunked.TILES.update(base)
                 times = {e.key: e.device_time_total / e.count / 1000 for e in prof.key_averages() if e.count}
-                for kind, opt in tiles.items():
+                for entry, opt in tiles.items():
+                    kind = entry.split(":")[0]
                     if r >= len(CANDIDATES[kind]):
                         continue
                     row = dict(op=name, shape=f"B{B}_T{T}_H{H}_D{D}", kind=kind, tiles=list(opt))
-                    if kind in errors:
-                        row["error"] = errors[kind]
+                    if entry in errors:
+                        row["error"] = errors[entry]
                     else:
                         key = [k for k in times if k.endswith(KERNEL[kind])]
                         row["ms"] = times[key[0]] if key else None
@@ -170,9 +191,10 @@ def main():
             for kind in kinds:
                 rows = sorted((x for x in results if x["op"] == name and x["shape"] == f"B{B}_T{T}_H{H}_D{D}"
                                and x["kind"] == kind and x.get("ms")), key=lambda x: x["ms"])
-                cur = next((x["ms"] for x in rows if tuple(x["tiles"]) == tuple(base[kind])
-                            or tuple(x["tiles"]) == tuple(base[kind]) + (3,)), None)
-                print(f"== {name} B{B}_T{T}_H{H}_D{D} {KERNEL[kind]} (default {base[kind]}: {cur})")
+                default = base.get(_entry(kind, args.path), base[kind])
+                cur = next((x["ms"] for x in rows if tuple(x["tiles"]) == tuple(default)
+                            or tuple(x["tiles"]) == tuple(default) + (3,)), None)
+                print(f"== {name} B{B}_T{T}_H{H}_D{D} {KERNEL[kind]} (default {default}: {cur})")
                 for x in rows[:6]:
                     print(f"   {tuple(x['tiles'])}: {x['ms']:.4f} ms")
                 print("   failed:", [tuple(x["tiles"]) for x in results if x.get("error") and x["kind"] == kind

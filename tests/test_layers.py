@@ -104,12 +104,13 @@ def test_layer_layout_matches_fla(name):
             assert ours == value, f"{entry['config']}: {attr}"
 
 
-def make(name, **overrides):
+def make(name, dtype=DTYPE, **overrides):
     torch.manual_seed(0)
     cls, kwargs = {**SMALL, **VARIANTS}[name]
-    layer = getattr(layers, cls)(**{**kwargs, "layer_idx": 0, **overrides}).to(DEVICE, DTYPE)
+    layer = getattr(layers, cls)(**{**kwargs, "layer_idx": 0, **overrides})
     for p in layer.parameters():  # away from the init values (norm weights of 1, zero biases)
         p.data += 0.1 * torch.randn_like(p)
+    layer = layer.to(DEVICE, dtype)  # (the same values in every dtype it is made in)
     return layer
 
 
@@ -124,12 +125,18 @@ def inputs(B, T, hidden=32, seed=0):
     return torch.randn(B, T, hidden, generator=gen).to(DEVICE, DTYPE)
 
 
+@pytest.mark.parametrize("dtype", sorted({torch.float32, DTYPE}, key=str))
 @pytest.mark.parametrize("name", [n for n in SMALL if not n.startswith(("Attention", "Mamba2"))])
-def test_chunked_equals_recurrent(name):
+def test_chunked_equals_recurrent(name, dtype):
     """T = 80 (past the 64 tokens below which the layers go token by token): the chunked mode and
-    the recurrent mode give the same output and the same gradient of every parameter."""
-    chunked, recurrent = make(name, mode="chunk"), make(name, mode="fused_recurrent")
-    x = inputs(2, 80)
+    the recurrent mode give the same output and, in fp32, the same gradient of every parameter,
+    within TOL (on the GPU, fp32 matmuls are tf32: the op tests hold fp32 to the same TOL there).
+    In bf16 (the GPU run) the outputs only: a parameter's gradient is then a bf16 sum over every
+    token, and two bf16 computations of it differ by up to twice what each differs from the
+    truth; the kernels' bf16 gradients are checked against float64 op by op
+    (tests/test_chunk_ops.py, tests/test_recurrent_ops.py)."""
+    chunked, recurrent = make(name, dtype, mode="chunk"), make(name, dtype, mode="fused_recurrent")
+    x = inputs(2, 80).to(dtype)
     outs, grads = [], []
     for layer in (chunked, recurrent):
         if name.startswith(("MultiScaleRetention", "LinearAttention", "GatedDeltaNet", "KimiDelta")) and layer is recurrent:
@@ -141,7 +148,7 @@ def test_chunked_equals_recurrent(name):
         o.float().square().sum().backward()
         grads.append({n: p.grad for n, p in layer.named_parameters()})
     close("o", outs[0], outs[1])
-    if len(grads) == 2:
+    if len(grads) == 2 and dtype == torch.float32:
         for n in grads[0]:
             close(f"grad {n}", grads[0][n], grads[1][n])
 

@@ -34,18 +34,21 @@ from flagen.runtime.normalizer import divisor_gradients
 # with a software-pipelined V loop. The entries below avoid every failing combination found;
 # tests/test_chunk_gpu.py sweeps head dims so that a compiler change cannot slip one through.
 # Among the rest, the entries are the fastest that benchmarks/tune_chunk.py found on an H100
-# for H16, D128 at B2_T16384 and B4_T2048 (benchmarks/results/chunk_h100.md).
+# for H16, D128 at B2_T16384 and B4_T2048 (benchmarks/results/chunk_h100.md); the per-key
+# path's (":key") were tuned again on an H200 after its exact pass was split off
+# (`tune_chunk.py --path key`, benchmarks/results/hardening_h200.md): its fast kernels carry
+# fewer registers, and chunk_fwd_o/chunk_bwd_dv take a whole 128-wide V tile in 4 warps.
 TILES = {
     "h": (64, 64, 4, 3),     # chunk_fwd_h: a [BK, BV] state tile per program
-    "h:key": (32, 64, 4, 3),
+    "h:key": (32, 128, 4, 3),
     "dh": (64, 64, 4, 3),    # chunk_bwd_dh: a [BK, BV] state-gradient tile per program
-    "dh:key": (32, 64, 4, 3),
+    "dh:key": (32, 128, 4, 3),
     "o": (64, 128, 8, 3),    # chunk_fwd_o: loops over K, a V tile per program
-    "o:key": (128, 64, 4),
+    "o:key": (64, 128, 4, 1),
     "dv": (64, 128, 8, 3),   # chunk_bwd_dv: loops over K, a V tile per program
-    "dv:key": (128, 64, 4),
+    "dv:key": (64, 128, 4, 1),
     "dqk": (64, 64, 4, 1),   # chunk_bwd_dqk: loops over V (twice), a K tile per program
-    "dqk:key": (64, 64, 8, 1),
+    "dqk:key": (32, 32, 4, 1),
 }
 for _entry in filter(None, os.environ.get("FLAGEN_CHUNK_TILES", "").split(";")):
     _kind, _values = _entry.split("=")
