@@ -98,6 +98,18 @@ def check(fn, ref, inputs, names=None):
             close(f"grad of input {(names or {}).get(i, i)}", a, b)
 
 
+@pytest.fixture(params=["torch", "triton"])
+def backend(request, monkeypatch):
+    """The norms' two paths: the PyTorch formulas and row_norm.py's Triton kernels (on the CPU
+    through the interpreter), whatever the tensors' device."""
+    import fla.modules.fused_norm_gate
+    import fla.modules.layernorm
+    import fla.modules.layernorm_gated
+    for module in (fla.modules.layernorm, fla.modules.fused_norm_gate, fla.modules.layernorm_gated):
+        monkeypatch.setattr(module, "usable", lambda x, groups=1: request.param == "triton")
+    return request.param
+
+
 def ref_norm(x, w, b, eps, rms, groups=1):
     s = x.reshape(*x.shape[:-1], groups, -1)
     if not rms:
@@ -108,7 +120,7 @@ def ref_norm(x, w, b, eps, rms, groups=1):
 
 @pytest.mark.parametrize("kind", ["rms", "layer", "group"])
 @pytest.mark.parametrize("residual", [False, True])
-def test_norms(kind, residual):
+def test_norms(kind, residual, backend):
     D, groups = 24, (4 if kind == "group" else 1)
     gen = torch.Generator().manual_seed(0)
     x, r = torch.randn(3, 5, D, generator=gen), torch.randn(3, 5, D, generator=gen)
@@ -130,7 +142,7 @@ def test_norms(kind, residual):
 
 @pytest.mark.parametrize("activation", ["swish", "sigmoid"])
 @pytest.mark.parametrize("layer", [False, True])
-def test_gated_norms(activation, layer):
+def test_gated_norms(activation, layer, backend):
     D = 20
     gen = torch.Generator().manual_seed(0)
     x, g, w = torch.randn(4, D, generator=gen), torch.randn(4, D, generator=gen), 1 + torch.randn(D, generator=gen)
@@ -146,7 +158,7 @@ def test_gated_norms(activation, layer):
     check(ours, ref, [x, g, w])
 
 
-def test_norm_linear_forms():
+def test_norm_linear_forms(backend):
     D, O = 16, 12
     gen = torch.Generator().manual_seed(0)
     x, g = torch.randn(5, D, generator=gen), torch.randn(5, D, generator=gen)
@@ -158,10 +170,27 @@ def test_norm_linear_forms():
           lambda x, g, lw, lb: F.linear(ref_norm(x, 1.0, None, 1e-5, True) * F.silu(g), lw, lb), [x, g, lw, lb])
 
 
-def test_norms_keep_dtype_and_check_groups():
-    x = torch.randn(2, 8, dtype=torch.bfloat16)
-    assert modules.RMSNorm(8)(x).dtype == torch.bfloat16
-    y, res = modules.RMSNorm(8)(x, x, prenorm=True, residual_in_fp32=True)
+@pytest.mark.parametrize("norm_before_gate", [False, True])
+@pytest.mark.parametrize("group_size", [None, 6])
+def test_rmsnorm_gated(norm_before_gate, group_size, backend):
+    """Mamba2's RMSNormGated: rmsnorm(x) * swish(z), or rmsnorm(x * swish(z)), over groups."""
+    D = 18
+    gen = torch.Generator().manual_seed(0)
+    x, z, w = torch.randn(2, 3, D, generator=gen), torch.randn(2, 3, D, generator=gen), 1 + torch.randn(D, generator=gen)
+    mod = importlib.import_module("fla.modules.layernorm_gated").RMSNormGated(D, group_size=group_size, norm_before_gate=norm_before_gate).to(DEVICE)
+    groups = 1 if group_size is None else D // group_size
+
+    def ref(x, z, w):
+        if norm_before_gate:
+            return ref_norm(x, w, None, 1e-5, True, groups) * F.silu(z)
+        return ref_norm(x * F.silu(z), w, None, 1e-5, True, groups)
+    check(lambda x, z, w: torch.func.functional_call(mod, {"weight": w}, (x, z)), ref, [x, z, w])
+
+
+def test_norms_keep_dtype_and_check_groups(backend):
+    x = torch.randn(2, 8, dtype=torch.bfloat16).to(DEVICE)
+    assert modules.RMSNorm(8).to(DEVICE)(x).dtype == torch.bfloat16
+    y, res = modules.RMSNorm(8).to(DEVICE)(x, x, prenorm=True, residual_in_fp32=True)
     assert y.dtype == torch.bfloat16 and res.dtype == torch.float32
     with pytest.raises(ValueError, match="num_groups"):
         modules.GroupNorm(3, 8)
@@ -239,9 +268,14 @@ def ref_conv(x, w, b, act, h0):
     return F.silu(y) if act else y
 
 
+@pytest.mark.parametrize("triton_path", [False, True], ids=["torch", "triton"])
 @pytest.mark.parametrize("act", [True, False])
 @pytest.mark.parametrize("varlen", [False, True])
-def test_short_convolution(act, varlen):
+def test_short_convolution(act, varlen, triton_path, monkeypatch):
+    """Both paths (the Triton one on the CPU through the interpreter): outputs, final states and
+    the gradients of x, w, b (and of the cached state on the PyTorch path, which takes it)."""
+    import fla.modules.causal_conv
+    monkeypatch.setattr(fla.modules.causal_conv, "usable", lambda x, h0: triton_path)
     D, W = 6, 4
     gen = torch.Generator().manual_seed(0)
     lens = [5, 1, 0, 9] if varlen else [7, 7]
@@ -251,9 +285,11 @@ def test_short_convolution(act, varlen):
     cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], device=DEVICE) if varlen else None
 
     def ours(x, w, b, h0):
+        h0 = h0.detach() if triton_path else h0
         return causal_conv1d(x, w, b, None, h0, True, "silu" if act else None, cu)
 
     def ref(x, w, b, h0):
+        h0 = h0.detach() if triton_path else h0
         flat = x.reshape(-1, D)
         starts = cu.tolist() if varlen else [0, 7, 14]
         ys, finals = [], []
@@ -263,6 +299,27 @@ def test_short_convolution(act, varlen):
             finals.append(torch.cat([h0[n], seq.t()], 1)[:, -W:])
         return torch.cat(ys, 0).reshape(x.shape), torch.stack(finals)
     check(ours, ref, [x, w, b, h0])
+
+
+def test_causal_conv_triton_across_programs(monkeypatch):
+    """The Triton path where sequences cross its tiles of 64 tokens and 128 channels (the
+    backward's dx reads the next tile's dpre): against the PyTorch path, float64 not needed."""
+    import fla.modules.causal_conv
+    gen = torch.Generator().manual_seed(0)
+    D, W, lens = 130, 4, [70, 3, 77]
+    x = torch.randn(1, sum(lens), D, generator=gen).to(DEVICE)
+    w, b = torch.randn(D, W, generator=gen).to(DEVICE), torch.randn(D, generator=gen).to(DEVICE)
+    h0 = torch.randn(len(lens), D, W, generator=gen).to(DEVICE)
+    cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], device=DEVICE)
+    results = []
+    for path in (False, True):
+        monkeypatch.setattr(fla.modules.causal_conv, "usable", lambda x, h0: path)
+        leaves = [t.clone().requires_grad_() for t in (x, w, b)]
+        y, final = causal_conv1d(*leaves, None, h0, True, "silu", cu)
+        (y * torch.linspace(-1, 1, y.numel(), device=DEVICE).reshape(y.shape)).sum().backward()
+        results.append([y, final] + [t.grad for t in leaves])
+    for name, a, r in zip(["y", "final", "dx", "dw", "db"], results[1], results[0]):
+        close(name, a, r)
 
 
 def test_short_convolution_step_equals_forward():

@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from fla.modules import causal_conv
 from fla.modules.activations import ACT2FN
 
 CONV_ACTIVATIONS = (None, "silu", "swish")
@@ -37,6 +38,10 @@ def causal_conv1d(x, weight, bias=None, residual=None, initial_state=None, outpu
     N, L = cu.numel() - 1, flat.shape[0]
     if initial_state is not None and tuple(initial_state.shape) != (N, D, W):
         raise ValueError(f"the conv `cache` must be [N, D, W] = {[N, D, W]}, got {list(initial_state.shape)}")
+    if causal_conv.usable(flat, initial_state):
+        y = causal_conv.CausalConv.apply(flat, weight, bias, initial_state, cu, activation).reshape(B, T, D)
+        final = _final_state(flat, cu, initial_state, W) if output_final_state else None
+        return (y + residual if residual is not None else y), final
     # each sequence behind its W prefix inputs (the cached ones, or zeros): one padded stream
     prefix = (initial_state.transpose(1, 2).to(flat.dtype) if initial_state is not None
               else flat.new_zeros(N, W, D))
@@ -62,6 +67,22 @@ def causal_conv1d(x, weight, bias=None, residual=None, initial_state=None, outpu
     return y, final
 
 
+def _final_state(flat, cu, initial_state, W):
+    """Each sequence's last W inputs [N, D, W] (the newest last), from flat [L, D] or, before a
+    sequence's start, from its initial_state [N, D, W] (or 0)."""
+    N, D = cu.numel() - 1, flat.shape[1]
+    idx = cu[1:, None] - W + torch.arange(W, device=flat.device)  # [N, W] the inputs' places in flat
+    inside = idx >= cu[:-1, None]
+    final = flat[idx.clamp(0, flat.shape[0] - 1)]  # [N, W, D]
+    if initial_state is not None:
+        col = (W - cu[:-1, None] + idx).clamp(0, W - 1)  # the cached column of an input before the start
+        cached = initial_state.gather(2, col[:, None, :].expand(N, D, W)).transpose(1, 2)
+        final = torch.where(inside[..., None], final, cached.to(final.dtype))
+    else:
+        final = torch.where(inside[..., None], final, 0)
+    return final.transpose(1, 2).contiguous()
+
+
 class ShortConvolution(nn.Conv1d):
     """A depthwise causal conv of ``kernel_size`` taps over [B, T, hidden_size] inputs, with
     activation silu (or None). Parameters ``weight`` [hidden_size, 1, kernel_size] (and
@@ -71,7 +92,9 @@ class ShortConvolution(nn.Conv1d):
     -> (y [B, T, D], cache [N, D, W] or None); ``mask`` [B, T] zeroes padded inputs (x is not
     modified); ``cache`` holds each sequence's last W inputs. Without autograd and with one
     token per sequence it takes the step (``step``), which updates ``cache`` in place.
-    ``backend`` is accepted for FLA compatibility: this path is PyTorch."""
+    ``backend`` is accepted for FLA compatibility: CUDA inputs take the Triton kernels of
+    causal_conv.py (the PyTorch formula when the cache itself wants a gradient), others the
+    PyTorch formula."""
 
     def __init__(self, hidden_size: int, kernel_size: int, bias: bool = False, activation: str | None = "silu",
                  backend: str | None = "triton", device=None, dtype=None, **kwargs):

@@ -48,8 +48,11 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
                 # the number of rows (the loss value is unchanged)
                 top, ids = logits.float().max(-1, keepdim=True)
                 dz.scatter_add_(-1, ids, top * (l2_penalty_factor / N))
-            dx[start:start + C] = (dz @ weight.float()).to(x.dtype)
-            dw += (dz.t() @ xc.float()).to(gdtype)
+            # the logits' gradient in x's dtype, as the logits themselves: the two products run
+            # on the tensor cores (in fp32 they took 10x longer on the H200 than FLA's whole pass)
+            dzc = dz.to(x.dtype)
+            dx[start:start + C] = dzc @ weight
+            dw += (dzc.t() @ xc).to(gdtype)
             if db is not None:
                 db += dz.sum(0).to(gdtype)
         ctx.save_for_backward(dx, dw, db)

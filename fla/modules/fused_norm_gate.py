@@ -1,6 +1,6 @@
 """Norms followed by an output gate, ``norm(x) * act(g)`` (the readout of most linear-attention
 layers), with FLA 0.6.0's names, arguments and parameters; and their forms fused with the next
-linear layer. Computed in fp32, returned in x's dtype."""
+linear layer. Computed in fp32, returned in x's dtype (on CUDA by row_norm.py's kernels)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from fla.modules.layernorm import GroupNorm, _add_residual, _normalize
+from fla.modules.row_norm import row_norm, usable
 
 GATE_ACTIVATIONS = {"swish": F.silu, "silu": F.silu, "sigmoid": torch.sigmoid}
 
@@ -20,6 +21,9 @@ def layer_norm_gated(x, g, weight, bias, activation="swish", residual=None, eps=
         raise ValueError(f"`activation` must be one of {sorted(GATE_ACTIVATIONS)}, got {activation!r}")
     if g.shape != x.shape:
         raise ValueError(f"`g` must have x's shape {tuple(x.shape)}, got {tuple(g.shape)}")
+    if usable(x):
+        return row_norm(x, weight, bias, eps, is_rms_norm, z=g, gate=activation, residual=residual, prenorm=prenorm,
+                        residual_in_fp32=residual_in_fp32)
     s, res = _add_residual(x, residual, residual_in_fp32)
     y = (_normalize(s, weight, bias, eps, is_rms_norm) * GATE_ACTIVATIONS[activation](g.float())).to(x.dtype)
     return (y, res) if prenorm else y

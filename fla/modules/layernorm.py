@@ -1,5 +1,6 @@
 """RMSNorm, LayerNorm and GroupNorm (and their forms fused with the next linear layer), with
-FLA 0.6.0's names, arguments and parameters. Computed in fp32, returned in the input's dtype.
+FLA 0.6.0's names, arguments and parameters. Computed in fp32, returned in the input's dtype:
+on CUDA tensors by the Triton kernels of row_norm.py, elsewhere by the PyTorch formulas here.
 
 Every norm takes an optional ``residual`` added to ``x`` first; with ``prenorm=True`` it also
 returns that sum (the next block's residual), in fp32 with ``residual_in_fp32``.
@@ -10,6 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from fla.modules.row_norm import row_norm, usable
 
 
 def _add_residual(x, residual, residual_in_fp32):
@@ -52,6 +55,9 @@ def group_norm(x, weight, bias, residual=None, eps=1e-5, prenorm=False, residual
                num_groups=1):
     """The norm over each of ``num_groups`` equal groups of x's last dim (see layer_norm)."""
     _check_groups(x.shape[-1], num_groups)
+    if usable(x, num_groups):
+        return row_norm(x, weight, bias, eps, is_rms_norm, num_groups, residual=residual, prenorm=prenorm,
+                        residual_in_fp32=residual_in_fp32)
     s, res = _add_residual(x, residual, residual_in_fp32)
     y = _normalize(s, weight, bias, eps, is_rms_norm, num_groups).to(x.dtype)
     return (y, res) if prenorm else y

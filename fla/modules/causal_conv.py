@@ -1,0 +1,155 @@
+"""The Triton path of ``causal_conv1d`` (convolution.py): the short depthwise causal conv of
+packed sequences, forward and backward.
+
+x [L, D] holds the sequences one after another; token t belongs to the sequence that starts at
+``bos[t]`` (index ``seq[t]``); its inputs before that start come from the sequence's cached state
+h0 [N, D, W] (the newest last), or are 0. A program owns BT tokens and BD channels:
+
+    pre[t] = sum_j w[:, j] x_in(t - W + 1 + j) + b,    y[t] = act(pre[t])
+
+The backward first makes dpre = dy act'(pre) and each program's partial sums of dw [D, W] and
+db [D] over its tokens (one kernel), then dx[s] = sum_j w[:, j] dpre[s + W - 1 - j] over the
+later tokens of s's own sequence (a second kernel: those tokens may belong to the next
+program). The PyTorch formula in convolution.py is the reference and the CPU path.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+BT, BD, WARPS = 64, 128, 4  # tokens and channels per program, and its warps
+
+
+@triton.jit
+def _conv_tile(x, h0, w, b, b_bos, b_seq, o_t, m_t, o_d, m_d, D, W: tl.constexpr, HAS_H0: tl.constexpr,
+               HAS_B: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr):
+    """pre [BT, BD] (fp32) of tokens o_t and channels o_d."""
+    b_pre = tl.zeros([BT, BD], dtype=tl.float32)
+    for j in tl.static_range(W):
+        o_s = o_t - (W - 1) + j  # the input tap j reads
+        m_s = m_t & (o_s >= b_bos)
+        b_x = tl.load(x + o_s[:, None] * D + o_d[None, :], mask=m_s[:, None] & m_d[None, :], other=0).to(tl.float32)
+        if HAS_H0:
+            # before its sequence's start: column W - (bos - s) of the cached state
+            m_h = m_t & (o_s < b_bos)
+            b_x += tl.load(h0 + (b_seq[:, None] * D + o_d[None, :]) * W + (W - b_bos + o_s)[:, None],
+                           mask=m_h[:, None] & m_d[None, :], other=0).to(tl.float32)
+        b_w = tl.load(w + o_d * W + j, mask=m_d, other=0).to(tl.float32)
+        b_pre += b_x * b_w[None, :]
+    if HAS_B:
+        b_pre += tl.load(b + o_d, mask=m_d, other=0).to(tl.float32)[None, :]
+    return b_pre
+
+
+@triton.jit
+def causal_conv_fwd_kernel(x, h0, w, b, bos, seq, y, L, D, W: tl.constexpr, HAS_H0: tl.constexpr,
+                           HAS_B: tl.constexpr, ACT: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr):
+    o_t = tl.program_id(0).to(tl.int64) * BT + tl.arange(0, BT)
+    o_d = tl.program_id(1) * BD + tl.arange(0, BD)
+    m_t, m_d = o_t < L, o_d < D
+    b_bos = tl.load(bos + o_t, mask=m_t, other=0).to(tl.int64)
+    b_seq = tl.load(seq + o_t, mask=m_t, other=0).to(tl.int64) if HAS_H0 else b_bos
+    b_y = _conv_tile(x, h0, w, b, b_bos, b_seq, o_t, m_t, o_d, m_d, D, W, HAS_H0, HAS_B, BT, BD)
+    if ACT:
+        b_y = b_y * tl.sigmoid(b_y)
+    tl.store(y + o_t[:, None] * D + o_d[None, :], b_y.to(y.dtype.element_ty), mask=m_t[:, None] & m_d[None, :])
+
+
+@triton.jit
+def causal_conv_bwd_dpre_kernel(x, h0, w, b, bos, seq, dy, dpre, dw, db, L, D, W: tl.constexpr,
+                                HAS_H0: tl.constexpr, HAS_B: tl.constexpr, ACT: tl.constexpr, BT: tl.constexpr,
+                                BD: tl.constexpr):
+    """dpre [L, D] (fp32), and this program's sums dw [programs along L, D, W], db [.., D]."""
+    i_t = tl.program_id(0)
+    o_t = i_t.to(tl.int64) * BT + tl.arange(0, BT)
+    o_d = tl.program_id(1) * BD + tl.arange(0, BD)
+    m_t, m_d = o_t < L, o_d < D
+    m = m_t[:, None] & m_d[None, :]
+    b_bos = tl.load(bos + o_t, mask=m_t, other=0).to(tl.int64)
+    b_seq = tl.load(seq + o_t, mask=m_t, other=0).to(tl.int64) if HAS_H0 else b_bos
+    b_dp = tl.load(dy + o_t[:, None] * D + o_d[None, :], mask=m, other=0).to(tl.float32)
+    if ACT:
+        b_pre = _conv_tile(x, h0, w, b, b_bos, b_seq, o_t, m_t, o_d, m_d, D, W, HAS_H0, HAS_B, BT, BD)
+        b_sig = tl.sigmoid(b_pre)
+        b_dp = b_dp * b_sig * (1 + b_pre * (1 - b_sig))
+    tl.store(dpre + o_t[:, None] * D + o_d[None, :], b_dp, mask=m)
+    if HAS_B:
+        tl.store(db + i_t * D + o_d, tl.sum(b_dp, 0), mask=m_d)
+    for j in tl.static_range(W):
+        o_s = o_t - (W - 1) + j
+        m_s = m_t & (o_s >= b_bos)
+        b_x = tl.load(x + o_s[:, None] * D + o_d[None, :], mask=m_s[:, None] & m_d[None, :], other=0).to(tl.float32)
+        if HAS_H0:
+            m_h = m_t & (o_s < b_bos)
+            b_x += tl.load(h0 + (b_seq[:, None] * D + o_d[None, :]) * W + (W - b_bos + o_s)[:, None],
+                           mask=m_h[:, None] & m_d[None, :], other=0).to(tl.float32)
+        tl.store(dw + (i_t * D + o_d) * W + j, tl.sum(b_dp * b_x, 0), mask=m_d)
+
+
+@triton.jit
+def causal_conv_bwd_dx_kernel(dpre, w, eos, dx, L, D, W: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr):
+    """dx[s] = sum_j w[:, j] dpre[s + W - 1 - j], over the taps that stay in s's sequence
+    (eos: one past its last token)."""
+    o_t = tl.program_id(0).to(tl.int64) * BT + tl.arange(0, BT)
+    o_d = tl.program_id(1) * BD + tl.arange(0, BD)
+    m_t, m_d = o_t < L, o_d < D
+    b_eos = tl.load(eos + o_t, mask=m_t, other=0).to(tl.int64)
+    b_dx = tl.zeros([BT, BD], dtype=tl.float32)
+    for j in tl.static_range(W):
+        o_u = o_t + (W - 1) - j  # the output that reads s through tap j
+        m_u = m_t & (o_u < b_eos)
+        b_dp = tl.load(dpre + o_u[:, None] * D + o_d[None, :], mask=m_u[:, None] & m_d[None, :], other=0)
+        b_dx += b_dp * tl.load(w + o_d * W + j, mask=m_d, other=0).to(tl.float32)[None, :]
+    tl.store(dx + o_t[:, None] * D + o_d[None, :], b_dx.to(dx.dtype.element_ty), mask=m_t[:, None] & m_d[None, :])
+
+
+def token_bounds(cu_seqlens, L):
+    """(bos, eos, seq) [L] int32: each token's sequence start, end (one past) and index."""
+    lens = cu_seqlens.diff()
+    seq = torch.repeat_interleave(torch.arange(lens.numel(), device=cu_seqlens.device), lens, output_size=L)
+    return cu_seqlens[:-1][seq].to(torch.int32), cu_seqlens[1:][seq].to(torch.int32), seq.to(torch.int32)
+
+
+class CausalConv(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, initial_state, cu_seqlens, activation):
+        """x [L, D] packed, weight [D, W], bias [D] or None, initial_state [N, D, W] or None."""
+        L, D = x.shape
+        W = weight.shape[-1]
+        x, weight = x.contiguous(), weight.contiguous()
+        h0 = initial_state.contiguous() if initial_state is not None else None
+        bos, eos, seq = token_bounds(cu_seqlens, L)
+        y = torch.empty_like(x)
+        grid = (triton.cdiv(L, BT), triton.cdiv(D, BD))
+        causal_conv_fwd_kernel[grid](x, h0, weight, bias, bos, seq, y, L, D, W=W, HAS_H0=h0 is not None,
+                                     HAS_B=bias is not None, ACT=activation is not None, BT=BT, BD=BD,
+                                     num_warps=WARPS)
+        ctx.save_for_backward(x, weight, bias, h0, bos, eos, seq)
+        ctx.activation = activation
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight, bias, h0, bos, eos, seq = ctx.saved_tensors
+        L, D = x.shape
+        W = weight.shape[-1]
+        grid = (triton.cdiv(L, BT), triton.cdiv(D, BD))
+        dpre = torch.empty(L, D, device=x.device, dtype=torch.float32)
+        dw = torch.empty(grid[0], D, W, device=x.device, dtype=torch.float32)
+        db = torch.empty(grid[0], D, device=x.device, dtype=torch.float32) if bias is not None else None
+        causal_conv_bwd_dpre_kernel[grid](x, h0, weight, bias, bos, seq, dy.contiguous(), dpre, dw, db, L, D, W=W,
+                                          HAS_H0=h0 is not None, HAS_B=bias is not None,
+                                          ACT=ctx.activation is not None, BT=BT, BD=BD, num_warps=WARPS)
+        dx = torch.empty_like(x)
+        causal_conv_bwd_dx_kernel[grid](dpre, weight, eos, dx, L, D, W=W, BT=BT, BD=BD, num_warps=WARPS)
+        return (dx, dw.sum(0).to(weight.dtype), db.sum(0).to(bias.dtype) if db is not None else None,
+                None, None, None)
+
+
+def usable(x, initial_state) -> bool:
+    """Whether the Triton path runs: CUDA tensors, and no gradient wanted for the cached state
+    (the PyTorch path gives it)."""
+    return x.is_cuda and x.numel() > 0 and not (initial_state is not None and initial_state.requires_grad
+                                                and torch.is_grad_enabled())
