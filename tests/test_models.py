@@ -146,3 +146,77 @@ def test_configs_refuse_bad_fields():
         models.GLAConfig(attn=dict(layers=[0], num_heads=2, heads=3))
     with pytest.raises(NotImplementedError, match="attnres"):
         models.GLAConfig(attnres_block_size=4)
+
+
+@pytest.mark.parametrize("model_type", ["gla", "gated_deltanet", "transformer", "rwkv7", "mamba2", "hybrid"])
+def test_beam_search_and_sampling_with_cache(model_type):
+    """Beam search through the cache (every kind of state reordered between beams: recurrent,
+    conv, attention KV, RWKV-7's shifted tokens) gives the beams of beam search by full
+    forwards; sampling with the same seed gives the same tokens with and without the cache."""
+    model = make("gla", attn=dict(layers=[1], num_heads=2)) if model_type == "hybrid" else make(model_type)
+    prompt = ids(2, 5, seed=5)
+    runs = {}
+    with torch.no_grad():
+        for use_cache in (True, False):
+            beams = model.generate(prompt, max_new_tokens=4, num_beams=3, num_return_sequences=2, do_sample=False,
+                                   use_cache=use_cache, pad_token_id=0)
+            torch.manual_seed(7)
+            sampled = model.generate(prompt, max_new_tokens=4, do_sample=True, top_k=10, temperature=1.5,
+                                     use_cache=use_cache, pad_token_id=0)
+            runs[use_cache] = beams, sampled
+    assert runs[True][0].shape == (4, 9)
+    assert torch.equal(runs[True][0], runs[False][0]), "beam search"
+    assert torch.equal(runs[True][1], runs[False][1]), "sampling"
+
+
+VARIANT = "examples/variants/novel_delta_rules.py:gated_delta_rule_learned_floor"
+
+
+def test_model_of_a_user_variant(tmp_path):
+    """A model whose token mixers are RecurrentLayers of a user's spec (named by its variant
+    file): it trains, generates through the cache as without it, and survives save_pretrained /
+    from_pretrained with the spec's IR in config.json (the file is not read again)."""
+    root = Path(__file__).parent.parent
+    torch.manual_seed(0)
+    config = models.RecurrentConfig(recurrence=f"{root}/{VARIANT}", **TINY, expand_k=1.0)
+    model = models.RecurrentForCausalLM(config).to(DEVICE, DTYPE)
+    assert model.model.layers[0].attn.spec_name == "gated_delta_rule_learned_floor"
+    assert model.model.layers[0].attn.mode == "fused_recurrent"  # (no chunked delta-rule kernels yet)
+    x = ids(2, 24)
+    out = model(x, labels=x)
+    out.loss.backward()
+    for n, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), n
+    model.eval()
+    with torch.no_grad():
+        cached = model.generate(x[:, :6], max_new_tokens=4, do_sample=False, pad_token_id=0)
+        uncached = model.generate(x[:, :6], max_new_tokens=4, do_sample=False, use_cache=False, pad_token_id=0)
+        assert torch.equal(cached, uncached)
+        model.save_pretrained(tmp_path)
+        saved = json.loads((tmp_path / "config.json").read_text())
+        assert saved["model_type"] == "flagen_recurrent"
+        assert saved["recurrence"]["gate"] == "-sigmoid(a)*softplus(floor)"
+        loaded = AutoModelForCausalLM.from_pretrained(tmp_path).to(DEVICE, DTYPE)
+        assert type(loaded) is models.RecurrentForCausalLM
+        assert torch.equal(loaded(x).logits, model(x).logits)
+
+
+def test_model_of_a_builtin_recurrence():
+    """A built-in by name stays a name in the config and trains through its chunked kernels."""
+    config = models.RecurrentConfig(recurrence="simple_gla", **TINY)
+    assert config.recurrence == "simple_gla"
+    model = models.RecurrentForCausalLM(config).to(DEVICE, DTYPE)
+    assert model.model.layers[1].attn.mode == "chunk"
+    x = ids(2, 70)
+    assert torch.isfinite(model(x, labels=x).loss)
+
+
+def test_recurrent_config_refuses_bad_recurrences(tmp_path):
+    with pytest.raises(ValueError, match="not a built-in"):
+        models.RecurrentConfig(recurrence="glaa")
+    with pytest.raises(ValueError, match="no variant 'nope'"):
+        models.RecurrentConfig(recurrence=f"{Path(__file__).parent.parent}/{VARIANT.split(':')[0]}:nope")
+    data = models.RecurrentConfig(recurrence=f"{Path(__file__).parent.parent}/{VARIANT}").recurrence
+    for bad in ('__import__("os").getcwd()', "a.real", "a; b", "unknown_name"):
+        with pytest.raises(ValueError, match="gate"):
+            models.RecurrentConfig(recurrence={**data, "gate": bad})
