@@ -65,6 +65,20 @@ def make_inputs(name, B, T, H, D, torch, F):
     return args, kw, grads
 
 
+def device_ms(fn, torch, reps=20, grad_to_none=()):
+    """The CUDA time of one call of ``fn`` (its kernels' time summed, torch.profiler): what the
+    GPU spends, whatever the host adds (at small shapes the host decides the wall time)."""
+    fn()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            for x in grad_to_none:
+                x.grad = None
+            fn()
+        torch.cuda.synchronize()
+    return round(sum(e.self_device_time_total for e in prof.key_averages()) / reps / 1000, 4)
+
+
 def bench_fla(args, torch, F, bench):
     results = []
     for name in args.ops.split(","):
@@ -91,10 +105,12 @@ def bench_fla(args, torch, F, bench):
                     torch.cuda.synchronize()
                     row["first_call_s"] = round(time.perf_counter() - t0, 2)
                     row["fwd_bwd_ms"] = bench(fwd_bwd, grad_to_none=grads)
+                    row["fwd_bwd_cuda_ms"] = device_ms(fwd_bwd, torch, grad_to_none=grads)
                 except Exception as e:  # noqa: BLE001 - upstream refuses some backwards on Hopper
                     row["fwd_bwd_error"] = f"{type(e).__name__}: {str(e)[:200]}"
                 with torch.no_grad():
                     row["fwd_ms"] = bench(fwd)
+                    row["fwd_cuda_ms"] = device_ms(fwd, torch)
             except Exception as e:  # noqa: BLE001
                 row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
             print(json.dumps(row), flush=True)

@@ -25,7 +25,7 @@ def best(paths):
                 continue
             key = (r["op"], r["shape"])
             kept = rows.setdefault(key, dict(r))
-            for field in ("fwd_ms", "fwd_bwd_ms"):
+            for field in ("fwd_ms", "fwd_bwd_ms", "fwd_cuda_ms", "fwd_bwd_cuda_ms"):
                 if r.get(field) is not None:
                     kept[field] = min(kept.get(field) or r[field], r[field])
     return env, rows
@@ -59,6 +59,16 @@ def main():
               f"| {ratio(b.get('fwd_ms'), r.get('fwd_ms'))} | {fmt(b.get('fwd_bwd_ms'))} | {fmt(r.get('fwd_bwd_ms'))} "
               f"| {ratio(b.get('fwd_bwd_ms'), r.get('fwd_bwd_ms'))} | {fmt(s.get('fwd_ms'))} "
               f"| {fmt(s.get('fwd_bwd_ms'))} |")
+    if any(r.get("fwd_cuda_ms") for r in after.values()):
+        print("\nCUDA time per call (the kernels' time summed, torch.profiler; the host's share left out, so "
+              "host-bound shapes compare too):\n")
+        print("| op | shape | before fwd | after fwd | ratio | before fwd+bwd | after fwd+bwd | ratio |")
+        print("|---|---|---|---|---|---|---|---|")
+        for key, r in after.items():
+            b = before.get(key, {})
+            print(f"| {key[0]} | {key[1]} | {fmt(b.get('fwd_cuda_ms'))} | {fmt(r.get('fwd_cuda_ms'))} "
+                  f"| {ratio(b.get('fwd_cuda_ms'), r.get('fwd_cuda_ms'))} | {fmt(b.get('fwd_bwd_cuda_ms'))} "
+                  f"| {fmt(r.get('fwd_bwd_cuda_ms'))} | {ratio(b.get('fwd_bwd_cuda_ms'), r.get('fwd_bwd_cuda_ms'))} |")
 
 
 if __name__ == "__main__":

@@ -14,8 +14,9 @@ export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 FLAGEN_CACHE_DIR=${FLAGEN_CACHE_DIR:-$
 if [[ $what == revisions ]]; then
   before=$(realpath "$1"); rounds=${2:-2}; shift $(( $# < 2 ? $# : 2 ))
   for ((i = 0; i < rounds; i++)); do
-    (cd "$before" && PYTHONPATH=$before python3 benchmarks/bench_chunk.py --impl flagen --out "$out/before$i.json" "$@") \
-      > "$out/before$i.log"
+    # this tree's script (the same timing, CUDA time included) on the other revision's package
+    (cd "$before" && PYTHONPATH=$before python3 "$OLDPWD/benchmarks/bench_chunk.py" --impl flagen \
+      --out "$out/before$i.json" "$@") > "$out/before$i.log"
     python3 benchmarks/bench_chunk.py --impl flagen --out "$out/after$i.json" "$@" > "$out/after$i.log"
   done
   python3 benchmarks/bench_chunk.py --impl sdpa --out "$out/sdpa.json" "$@"

@@ -220,3 +220,29 @@ def test_recurrent_config_refuses_bad_recurrences(tmp_path):
     for bad in ('__import__("os").getcwd()', "a.real", "a; b", "unknown_name"):
         with pytest.raises(ValueError, match="gate"):
             models.RecurrentConfig(recurrence={**data, "gate": bad})
+
+
+LOGITS = Path(__file__).parent / "records" / "fla060_logits.pt"
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="FLA's logits are recorded in bf16 on the GPU: compared on the GPU run")
+@pytest.mark.parametrize("model_type", ["gla", "retnet", "hgrn2", "linear_attn", "delta_net", "gated_deltanet", "kda",
+                                        "rwkv6", "rwkv7", "mamba2"])
+def test_logits_match_fla(model_type):
+    """FLA 0.6.0's weights (tests/records/record_fla_logits.py, recorded on the GPU in FLA's own
+    process) load into ours with no missing or unexpected key and give FLA's logits, chunked
+    (T = 80) and token by token (T = 20), within bf16's TOL of the largest logit."""
+    if not LOGITS.exists():
+        pytest.skip("tests/records/fla060_logits.pt is not recorded yet (tests/records/record_fla_logits.py)")
+    entry = torch.load(LOGITS)[model_type]
+    if "error" in entry:
+        pytest.skip(f"FLA 0.6.0 could not run it: {entry['error']}")
+    config_cls, _, causal_cls = FAMILIES[model_type]
+    model = causal_cls(config_cls(**entry["config"])).to(DEVICE, torch.bfloat16).eval()
+    model.load_state_dict(entry["state_dict"])  # strict
+    for T in (80, 20):
+        with torch.no_grad():
+            ours = model(entry[f"ids_{T}"].to(DEVICE)).logits.float().cpu()
+        ref = entry[f"logits_{T}"]
+        err, bound = (ours - ref).abs().max().item(), 2e-2 * (ref.abs().max().item() + 0.05)
+        assert err <= bound, f"T = {T}: max error {err:.3e} > {bound:.3e}"

@@ -19,6 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
+from flagen.runtime.intmath import cdiv
+
 BT, BD, WARPS = 64, 128, 4  # tokens and channels per program, and its warps
 
 
@@ -122,7 +124,7 @@ class CausalConv(torch.autograd.Function):
         h0 = initial_state.contiguous() if initial_state is not None else None
         bos, eos, seq = token_bounds(cu_seqlens, L)
         y = torch.empty_like(x)
-        grid = (triton.cdiv(L, BT), triton.cdiv(D, BD))
+        grid = (cdiv(L, BT), cdiv(D, BD))
         causal_conv_fwd_kernel[grid](x, h0, weight, bias, bos, seq, y, L, D, W=W, HAS_H0=h0 is not None,
                                      HAS_B=bias is not None, ACT=activation is not None, BT=BT, BD=BD,
                                      num_warps=WARPS)
@@ -135,7 +137,7 @@ class CausalConv(torch.autograd.Function):
         x, weight, bias, h0, bos, eos, seq = ctx.saved_tensors
         L, D = x.shape
         W = weight.shape[-1]
-        grid = (triton.cdiv(L, BT), triton.cdiv(D, BD))
+        grid = (cdiv(L, BT), cdiv(D, BD))
         dpre = torch.empty(L, D, device=x.device, dtype=torch.float32)
         dw = torch.empty(grid[0], D, W, device=x.device, dtype=torch.float32)
         db = torch.empty(grid[0], D, device=x.device, dtype=torch.float32) if bias is not None else None

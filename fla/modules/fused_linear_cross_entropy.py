@@ -8,15 +8,15 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import triton
 
 from fla.modules.fused_cross_entropy import _check_options, check_targets, cross_entropy_rows
+from flagen.runtime.intmath import cdiv, next_power_of_2
 
 
 def _chunk_rows(N, H, V, num_chunks):
     """Rows per chunk: about N / num_chunks (fewer chunks when V < num_chunks H), a power of 2."""
-    chunks = max(1, min(num_chunks, triton.cdiv(V, H)))
-    return triton.next_power_of_2(triton.cdiv(N, chunks))
+    chunks = max(1, min(num_chunks, cdiv(V, H)))
+    return next_power_of_2(cdiv(N, chunks))
 
 
 class _FusedLinearCrossEntropy(torch.autograd.Function):

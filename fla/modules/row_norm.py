@@ -18,6 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
+from flagen.runtime.intmath import cdiv, next_power_of_2
+
 GATES = {None: 0, "swish": 1, "silu": 1, "sigmoid": 2}
 MAX_N = 16384  # channels per group that one program holds in registers
 TILE_ELEMS, WARP_ELEMS = 2048, 512  # a tile's rows x channels (at least one row), and per warp
@@ -157,15 +159,15 @@ def row_norm_bwd_kernel(
 def _launch(M, G, N, device, backward):
     """(programs along the rows, tiles of BM rows per program, launch options): the forward a
     tile per program, the backward about 4 programs per SM (each sums dw over its rows)."""
-    BN = triton.next_power_of_2(N)
+    BN = next_power_of_2(N)
     BM = max(1, min(16, TILE_ELEMS // BN))
-    tiles = triton.cdiv(M, BM)
+    tiles = cdiv(M, BM)
     if backward:
         sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 2
-        programs = max(1, min(tiles, triton.cdiv(4 * sms, G)))
+        programs = max(1, min(tiles, cdiv(4 * sms, G)))
     else:
         programs = tiles
-    return programs, triton.cdiv(tiles, programs), dict(BM=BM, BN=BN, num_warps=min(max(BM * BN // WARP_ELEMS, 1), 16))
+    return programs, cdiv(tiles, programs), dict(BM=BM, BN=BN, num_warps=min(max(BM * BN // WARP_ELEMS, 1), 16))
 
 
 class RowNorm(torch.autograd.Function):

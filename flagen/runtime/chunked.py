@@ -17,10 +17,10 @@ import os
 from dataclasses import dataclass
 
 import torch
-import triton
 import triton.language as tl
 
 from flagen.runtime.gradients import raw_gradients
+from flagen.runtime.intmath import cdiv, next_power_of_2
 from flagen.runtime.normalizer import divisor_gradients
 
 # Tiles and launch options per kernel, as (BK cap, BV cap, num_warps[, num_stages]); head
@@ -71,7 +71,7 @@ def chunk_sizes(module, chunk_size: int | None) -> tuple[int, int]:
 
 
 def _tile(n: int, cap: int) -> int:
-    return max(16, min(cap, triton.next_power_of_2(n)))
+    return max(16, min(cap, next_power_of_2(n)))
 
 
 def tiles(kind: str, K: int, V: int, decay: str, itemsize: int = 2) -> tuple[int, int, dict]:
@@ -113,9 +113,9 @@ class Chunks:
     @staticmethod
     def of(lens: list[int], varlen: bool, B: int, T: int, HV: int, BT: int, device) -> "Chunks":
         if not varlen:
-            NT = triton.cdiv(T, BT)
+            NT = cdiv(T, BT)
             return Chunks(BT, B * NT, (NT, B * HV), None, None)
-        counts = torch.tensor([triton.cdiv(n, BT) for n in lens], dtype=torch.int64)
+        counts = torch.tensor([cdiv(n, BT) for n in lens], dtype=torch.int64)
         offsets = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
         NC = int(offsets[-1])
         seq = torch.repeat_interleave(torch.arange(len(lens)), counts)
@@ -146,7 +146,7 @@ def _launch_passes(kern, launches, strong) -> None:
         for kind, grid, args, kwargs in launches:
             kern[kind][grid](*args, **kwargs)
         return
-    programs = triton.cdiv(strong.numel(), FLAG_BLOCK)
+    programs = cdiv(strong.numel(), FLAG_BLOCK)
     if strong.is_cuda:
         programs = min(programs, 2 * _sm_count(strong.device))
     exact = [(kern[f"{kind}_exact"], (max(programs, 1),), (*args, strong, strong.numel()),
@@ -202,7 +202,7 @@ def _states(op, meta, q, k, v, h0, z0, inputs, chunks, BT, DT, hdtype, store_ht)
         z = q.new_empty(chunks.NC, HV, K, dtype=torch.float32)
         zt = q.new_empty(N, HV, K, dtype=torch.float32)  # written whatever store_ht (chunk_fwd_h)
         norm = dict(z=z, z0=z0, zt=zt, USE_Z0=z0 is not None)
-    op.module.KERNELS["chunk_fwd_h"][(triton.cdiv(K, BK) * triton.cdiv(V, BV), N * HV)](
+    op.module.KERNELS["chunk_fwd_h"][(cdiv(K, BK) * cdiv(V, BV), N * HV)](
         k, v, *inputs, h, h0, ht, meta["cu"], chunks.offsets, T, **norm,
         H=H, HV=HV, K=K, V=V, BT=BT, BK=BK, BV=BV, DT=DT,
         USE_H0=h0 is not None, STORE_HT=store_ht, IS_VARLEN=meta["cu"] is not None, **W,
@@ -229,7 +229,7 @@ class _Chunked(torch.autograd.Function):
             strong = _strong_flags(op, chunks, HV, q.device)
             BK, BV, W = tiles("o", K, V, op.module.DECAY, q.element_size())
             _launch_passes(kern, [(
-                "chunk_fwd_o", (*chunks.grid, triton.cdiv(V, BV)),
+                "chunk_fwd_o", (*chunks.grid, cdiv(V, BV)),
                 (q, k, v, *inputs, h, o, meta["cu"], chunks.indices, meta["scale"], T),
                 dict(**(dict(z=z, den=den) if z is not None else {}),
                      H=H, HV=HV, K=K, V=V, BT=BT, BK=BK, BV=BV, DT=DT, IS_VARLEN=meta["cu"] is not None,
@@ -270,7 +270,7 @@ class _Chunked(torch.autograd.Function):
                            USE_DZT=dzt is not None)
             norm_dqk = dict(w=w, z=z, dz=dz)
         BK, BV, W = tiles("dh", K, V, op.module.DECAY, q.element_size())
-        kern["chunk_bwd_dh"][(triton.cdiv(K, BK) * triton.cdiv(V, BV), N * HV)](
+        kern["chunk_bwd_dh"][(cdiv(K, BK) * cdiv(V, BV), N * HV)](
             q, do, *inputs, dh, dht.contiguous() if dht is not None else None, dh0, cu, chunks.offsets,
             meta["scale"], T, **norm_dh,
             H=H, HV=HV, K=K, V=V, BT=BT, BK=BK, BV=BV, DT=DT,
@@ -282,7 +282,7 @@ class _Chunked(torch.autograd.Function):
         dq = torch.empty(NT, HV, K, dtype=q.dtype if G == 1 else torch.float32, device=q.device)
         dk = torch.empty_like(dq)
         BKq, BVq, Wq = tiles("dqk", K, V, op.module.DECAY, q.element_size())
-        NK = triton.cdiv(K, BKq)
+        NK = cdiv(K, BKq)
         kinds = dict(op.module.INPUTS)
         layout = {"token": (NK, NT, HV), "token_key": (NT, HV, K), "head": (NK, NC, HV), "head_key": (NC, HV, K)}
         grads = {name: torch.empty(layout[kinds[name]], **f32) for name in op.module.GRADS}
@@ -290,7 +290,7 @@ class _Chunked(torch.autograd.Function):
             strong = _strong_flags(op, chunks, HV, q.device)  # chunk_bwd_dv flags, chunk_bwd_dqk reads
             BKv, BVv, Wv = tiles("dv", K, V, op.module.DECAY, q.element_size())
             _launch_passes(kern, [(
-                "chunk_bwd_dv", (*chunks.grid, triton.cdiv(V, BVv)),
+                "chunk_bwd_dv", (*chunks.grid, cdiv(V, BVv)),
                 (q, k, *inputs, do, dh, dv, cu, chunks.indices, meta["scale"], T),
                 dict(H=H, HV=HV, K=K, V=V, BT=BT, BK=BKv, BV=BVv, DT=DT, IS_VARLEN=varlen, **Wv, **_sub_chunk(op)),
             ), (

@@ -5,7 +5,8 @@ from the generated ``normalizer_bwd`` kernel, launched here."""
 from __future__ import annotations
 
 import torch
-import triton
+
+from flagen.runtime.intmath import cdiv, next_power_of_2
 
 
 def divisor_gradients(module, do: torch.Tensor, o: torch.Tensor, den: torch.Tensor, scale: float):
@@ -15,8 +16,8 @@ def divisor_gradients(module, do: torch.Tensor, o: torch.Tensor, den: torch.Tens
     do_n = torch.empty_like(do)
     w = torch.empty_like(den)
     NR, V = den.numel(), do.shape[-1]
-    BV = max(16, triton.next_power_of_2(V))
+    BV = max(16, next_power_of_2(V))
     BR = max(16, 4096 // BV)
     if NR:
-        module.KERNELS["normalizer_bwd"][(triton.cdiv(NR, BR),)](do, o, den, do_n, w, scale, NR, V=V, BR=BR, BV=BV)
+        module.KERNELS["normalizer_bwd"][(cdiv(NR, BR),)](do, o, den, do_n, w, scale, NR, V=V, BR=BR, BV=BV)
     return do_n, w

@@ -11,11 +11,11 @@ from __future__ import annotations
 from types import ModuleType
 
 import torch
-import triton
 
 from flagen.runtime import checks
 from flagen.runtime.chunked import _Chunked, no_double_backward
 from flagen.runtime.gradients import raw_gradients
+from flagen.runtime.intmath import cdiv, next_power_of_2
 from flagen.runtime.normalizer import divisor_gradients
 
 DEFAULT_CHECKPOINT_INTERVAL = 64
@@ -24,9 +24,9 @@ DEFAULT_CHECKPOINT_INTERVAL = 64
 def _tiles(K: int, V: int, budget: int) -> tuple[int, int, int]:
     """BK covers all of K (the delta rule and low-rank transitions mix keys); BV keeps the
     [BK, BV] fp32 blocks a program holds within ``budget`` elements."""
-    BK = max(16, triton.next_power_of_2(K))
-    BV = min(max(16, triton.next_power_of_2(V)), max(16, budget // BK))
-    return BK, BV, triton.cdiv(V, BV)
+    BK = max(16, next_power_of_2(K))
+    BV = min(max(16, next_power_of_2(V)), max(16, budget // BK))
+    return BK, BV, cdiv(V, BV)
 
 
 class _Recurrent(torch.autograd.Function):
@@ -39,7 +39,7 @@ class _Recurrent(torch.autograd.Function):
         BK, BV, NV = _tiles(K, V, 8192)
         needs_grad = meta["needs_grad"]
         CKPT = meta["ckpt_interval"]
-        ckpt_counts = [triton.cdiv(n, CKPT) for n in lens]
+        ckpt_counts = [cdiv(n, CKPT) for n in lens]
         offsets = torch.tensor([0] + ckpt_counts, dtype=torch.int64).cumsum(0).to(q.device)
         ckpt = q.new_empty(max(1, sum(ckpt_counts)), HV, K, V, dtype=torch.float32) if needs_grad else None
         o = torch.empty_like(v)
@@ -219,7 +219,7 @@ class RecurrentOp:
         if "ckpt_interval" in options:
             # an interval past the longest sequence means one checkpoint per sequence: cap it, as
             # the backward's scratch holds ckpt_interval states (2**31 would not fit in memory)
-            cap = max(DEFAULT_CHECKPOINT_INTERVAL, triton.next_power_of_2(max(seq_lens, default=1)))
+            cap = max(DEFAULT_CHECKPOINT_INTERVAL, next_power_of_2(max(seq_lens, default=1)))
             options = dict(options, ckpt_interval=min(options["ckpt_interval"], cap))
         if cu_seqlens is not None:
             cu_seqlens = cu_seqlens.contiguous()  # the kernels index it as a flat array
@@ -318,7 +318,7 @@ class RecurrentOp:
         BK, BV, NV = _tiles(K, V, 8192)
         norm = {}
         if state_z is not None:  # one program per state head reads and writes z
-            BV, NV = max(16, triton.next_power_of_2(V)), 1
+            BV, NV = max(16, next_power_of_2(V)), 1
             norm = dict(state_z=state_z)
         o = torch.empty_like(v)
         self.module.KERNELS["decode"][(N * HV, NV)](

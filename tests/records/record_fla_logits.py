@@ -1,0 +1,62 @@
+"""Record FLA 0.6.0's logits for fixed weights and inputs (GPU), into
+``tests/records/fla060_logits.pt``, so that ``tests/test_models.py::test_logits_match_fla`` can
+load the same weights into our models and compare (issue 13).
+
+Upstream runs in a process of its own, from its unpacked wheels (never installed into the
+project's venv), on the device machine::
+
+    d=$(mktemp -d); for w in .whl/*.whl; do python3 -m zipfile -e $w $d; done
+    (cd $d && PYTHONPATH= python3 $OLDPWD/tests/records/record_fla_logits.py $d $OLDPWD/tests/records/fla060_logits.pt)
+
+For every family below (FLA 0.6.0's ``transformer`` needs flash-attn, not installed there), a
+tiny config, ``torch.manual_seed(0)`` before the model is built, bf16 on the GPU, and fixed
+input ids: the record holds the config, the state_dict, the ids and the logits (both
+``mode='chunk'`` at T = 80 and a T = 20 input that FLA runs token by token).
+"""
+
+from __future__ import annotations
+
+import sys
+
+TINY = dict(hidden_size=64, num_hidden_layers=2, vocab_size=64, num_heads=2, max_position_embeddings=128)
+FAMILIES = {
+    "gla": {}, "retnet": {}, "hgrn2": dict(expand_ratio=None), "linear_attn": {}, "delta_net": {},
+    "gated_deltanet": dict(head_dim=32), "kda": dict(head_dim=32), "rwkv6": dict(proj_low_rank_dim=8,
+                                                                                  gate_low_rank_dim=16),
+    "rwkv7": dict(num_heads=None, head_dim=32, decay_low_rank_dim=8, gate_low_rank_dim=8, a_low_rank_dim=8,
+                  v_low_rank_dim=8),
+    "mamba2": dict(num_heads=4, head_dim=32, state_size=16),
+}
+
+
+def main(fla_dir: str, out: str):
+    sys.path = [fla_dir] + [p for p in sys.path if p not in ("", ".")]
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    import fla
+    assert fla.__file__.startswith(fla_dir), f"imported {fla.__file__}, not upstream's"
+    import fla.models  # noqa: F401 - registers the model types
+    record = {}
+    for family, extra in FAMILIES.items():
+        try:
+            config = AutoConfig.for_model(family, **TINY, **extra)
+            torch.manual_seed(0)
+            model = AutoModelForCausalLM.from_config(config).cuda().to(torch.bfloat16).eval()
+            gen = torch.Generator().manual_seed(1)
+            entry = dict(config={**TINY, **extra}, state_dict={k: v.cpu() for k, v in model.state_dict().items()})
+            for T in (80, 20):
+                ids = torch.randint(3, TINY["vocab_size"], (2, T), generator=gen)
+                with torch.no_grad():
+                    entry[f"ids_{T}"] = ids
+                    entry[f"logits_{T}"] = model(ids.cuda()).logits.float().cpu()
+            record[family] = entry
+            print(family, "recorded", flush=True)
+        except Exception as e:  # noqa: BLE001 - recorded, the others go on
+            record[family] = dict(error=f"{type(e).__name__}: {str(e)[:300]}")
+            print(family, record[family]["error"], flush=True)
+    torch.save(record, out)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
