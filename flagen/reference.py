@@ -43,17 +43,13 @@ def _expand(kind, x, dtype):
     return x[None]                   # [1, HV, K]
 
 
-def run(spec: Recurrence, q, k, v, scale=None, initial_state=None, output_final_state=False,
-        cu_seqlens=None, dtype=torch.float64, **inputs):
-    """Reference ``(o, final_state)`` for ``spec``, with FLA's shapes (see flagen.ir.spec).
-
-    Computes in ``dtype``; ``o`` is returned in ``dtype`` too. With the normaliser the state is
-    a pair ``(S, z)``.
-    """
+def _sequences(spec, q, k, v, initial_state, cu_seqlens, dtype, inputs):
+    """Per sequence n: (n, batch row b, token slice, q, k, v [T, HV, *] in dtype (q and k L2
+    normalised if the spec says so), gate and beta evaluated, the raw inputs by name, start
+    state S [HV, K, V] and z [HV, K])."""
     B, T, H, K = q.shape
     HV, V = v.shape[2], v.shape[3]
     G = HV // H
-    scale = K ** -0.5 if scale is None else scale
     if cu_seqlens is None:
         bounds = [(b, 0, T) for b in range(B)]
     else:
@@ -65,9 +61,6 @@ def run(spec: Recurrence, q, k, v, scale=None, initial_state=None, output_final_
     gate_fn = _lambdify(spec, spec.gate) if spec.gate is not None else None
     beta_fn = _lambdify(spec, spec.beta) if spec.beta is not None else None
     heads = torch.arange(HV, device=q.device, dtype=dtype)[None, :, None]
-
-    outs = torch.zeros(B, T, HV, V, dtype=dtype, device=q.device)
-    finals, zfinals = [], []
     for n, (b, start, end) in enumerate(bounds):
         S = torch.zeros(HV, K, V, dtype=dtype, device=q.device)
         if initial_state is not None:
@@ -89,8 +82,25 @@ def run(spec: Recurrence, q, k, v, scale=None, initial_state=None, output_final_
         named = {i.name: a for i, a in zip(spec.inputs, args)}
         gate = gate_fn(*args, heads) if gate_fn else None
         beta = beta_fn(*args, heads) if beta_fn else None
+        yield n, b, sl, qs, ks, vs, gate, beta, named, S, z
+
+
+def run(spec: Recurrence, q, k, v, scale=None, initial_state=None, output_final_state=False,
+        cu_seqlens=None, dtype=torch.float64, **inputs):
+    """Reference ``(o, final_state)`` for ``spec``, with FLA's shapes (see flagen.ir.spec).
+
+    Computes in ``dtype``; ``o`` is returned in ``dtype`` too. With the normaliser the state is
+    a pair ``(S, z)``.
+    """
+    B, T, H, K = q.shape
+    HV, V = v.shape[2], v.shape[3]
+    scale = K ** -0.5 if scale is None else scale
+    outs = torch.zeros(B, T, HV, V, dtype=dtype, device=q.device)
+    finals, zfinals = [], []
+    for n, b, sl, qs, ks, vs, gate, beta, named, S, z in _sequences(spec, q, k, v, initial_state, cu_seqlens, dtype,
+                                                                    inputs):
         o_seq = []
-        for t in range(end - start):
+        for t in range(sl.stop - sl.start):
             qt, kt, vt = qs[t], ks[t], vs[t]  # [HV, K], [HV, K], [HV, V]
             S_prev = S
             if spec.decay is not Decay.NONE:
@@ -128,3 +138,64 @@ def run(spec: Recurrence, q, k, v, scale=None, initial_state=None, output_final_
         if spec.normalize:
             final = (final, torch.stack(zfinals))
     return outs, final
+
+
+def run_chunked_delta(spec: Recurrence, q, k, v, scale=None, initial_state=None, output_final_state=False,
+                      cu_seqlens=None, dtype=torch.float64, chunk_size=64, intermediates=None, **inputs):
+    """The delta rule (no, scalar or per-key decay; beta per token or per key; inclusive
+    readout) evaluated chunk by chunk in the WY form that the chunked kernels implement;
+    ``run``'s arguments and results. ``intermediates``, a dict, receives per sequence the
+    lists ``h`` (each chunk's start state [HV, K, V]), ``w``, ``u`` (T W and T V below) and
+    ``v_new``, to check a kernel's stages against.
+
+    Within a chunk of C tokens from start state S0, with g_t the log decay [HV, K] (0 without
+    decay), G_t its cumulative sum, b_t = beta_t * k_t the write key and
+    A[t, s] = sum_k k_t exp(G_t - G_s) b_s for s < t (0 elsewhere), T = (I + A)^-1:
+
+        w = T (exp(G) * k),  u = T v,  v_new = u - w S0            (each token's delta residual)
+        S_C = exp(G_C) S0 + sum_s (exp(G_C - G_s) b_s) v_new_s^T
+        o_t = scale (q_t exp(G_t) S0 + sum_{s <= t} (q_t . exp(G_t - G_s) b_s) v_new_s)
+    """
+    if not spec.delta or spec.low_rank or spec.bonus or spec.normalize:
+        raise ValueError(f"{spec.name}: run_chunked_delta evaluates the delta rule without low rank, bonus or "
+                         "normaliser")
+    B, T, H, K = q.shape
+    HV, V = v.shape[2], v.shape[3]
+    scale = K ** -0.5 if scale is None else scale
+    outs = torch.zeros(B, T, HV, V, dtype=dtype, device=q.device)
+    finals = []
+    for n, b, sl, qs, ks, vs, gate, beta, named, S, _ in _sequences(spec, q, k, v, initial_state, cu_seqlens, dtype,
+                                                                    inputs):
+        L = sl.stop - sl.start
+        g = torch.zeros(L, HV, K, dtype=dtype, device=q.device)
+        if spec.decay is not Decay.NONE:
+            g = g + (gate if torch.is_tensor(gate) else torch.tensor(float(gate), dtype=dtype, device=q.device))
+        bk = beta.expand(L, HV, K) * ks  # [L, HV, K] write keys
+        seen = {key: [] for key in ("h", "w", "u", "v_new")}
+        o_seq = []
+        for c0 in range(0, L, chunk_size):
+            c = slice(c0, min(c0 + chunk_size, L))
+            C = c.stop - c.start
+            Gc = g[c].cumsum(0)  # [C, HV, K]
+            causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()[..., None, None]
+            # [t, s, HV, K] exp(G_t - G_s) for s <= t, 0 above: masked before exp, whose exponent
+            # is positive there (inf under a strong decay, and NaN in the backward)
+            decay = torch.exp(torch.where(causal, Gc[:, None] - Gc[None, :], float("-inf")))
+            A = torch.einsum("thk,tshk,shk->hts", ks[c], decay, bk[c]) * (~torch.eye(C, dtype=torch.bool,
+                                                                                    device=q.device))
+            Tinv = torch.linalg.inv(torch.eye(C, dtype=dtype, device=q.device) + A)  # [HV, C, C]
+            w = torch.einsum("hts,shk->thk", Tinv, torch.exp(Gc) * ks[c])
+            u = torch.einsum("hts,shv->thv", Tinv, vs[c])
+            v_new = u - torch.einsum("thk,hkv->thv", w, S)
+            for key, x in (("h", S), ("w", w), ("u", u), ("v_new", v_new)):
+                seen[key].append(x)
+            qk = torch.einsum("thk,tshk,shk->hts", qs[c], decay, bk[c])  # includes s = t
+            o_seq.append(scale * (torch.einsum("thk,hkv->thv", qs[c] * torch.exp(Gc), S)
+                                  + torch.einsum("hts,shv->thv", qk, v_new)))
+            S = torch.exp(Gc[-1])[..., None] * S + torch.einsum("shk,shv->hkv", torch.exp(Gc[-1] - Gc) * bk[c], v_new)
+        if o_seq:
+            outs[b, sl] = torch.cat(o_seq)
+        finals.append(S)
+        if intermediates is not None:
+            intermediates[n] = seen
+    return outs, (torch.stack(finals) if output_final_state else None)
