@@ -175,27 +175,83 @@ def run_chunked_delta(spec: Recurrence, q, k, v, scale=None, initial_state=None,
         o_seq = []
         for c0 in range(0, L, chunk_size):
             c = slice(c0, min(c0 + chunk_size, L))
-            C = c.stop - c.start
-            Gc = g[c].cumsum(0)  # [C, HV, K]
-            causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()[..., None, None]
-            # [t, s, HV, K] exp(G_t - G_s) for s <= t, 0 above: masked before exp, whose exponent
-            # is positive there (inf under a strong decay, and NaN in the backward)
-            decay = torch.exp(torch.where(causal, Gc[:, None] - Gc[None, :], float("-inf")))
-            A = torch.einsum("thk,tshk,shk->hts", ks[c], decay, bk[c]) * (~torch.eye(C, dtype=torch.bool,
-                                                                                    device=q.device))
-            Tinv = torch.linalg.inv(torch.eye(C, dtype=dtype, device=q.device) + A)  # [HV, C, C]
-            w = torch.einsum("hts,shk->thk", Tinv, torch.exp(Gc) * ks[c])
-            u = torch.einsum("hts,shv->thv", Tinv, vs[c])
-            v_new = u - torch.einsum("thk,hkv->thv", w, S)
-            for key, x in (("h", S), ("w", w), ("u", u), ("v_new", v_new)):
+            o, S_next, mid = wy_chunk_forward(qs[c], ks[c], vs[c], bk[c], g[c].cumsum(0), S, scale)
+            for key, x in (("h", S), ("w", mid["w"]), ("u", mid["u"]), ("v_new", mid["v_new"])):
                 seen[key].append(x)
-            qk = torch.einsum("thk,tshk,shk->hts", qs[c], decay, bk[c])  # includes s = t
-            o_seq.append(scale * (torch.einsum("thk,hkv->thv", qs[c] * torch.exp(Gc), S)
-                                  + torch.einsum("hts,shv->thv", qk, v_new)))
-            S = torch.exp(Gc[-1])[..., None] * S + torch.einsum("shk,shv->hkv", torch.exp(Gc[-1] - Gc) * bk[c], v_new)
+            o_seq.append(o)
+            S = S_next
         if o_seq:
             outs[b, sl] = torch.cat(o_seq)
         finals.append(S)
         if intermediates is not None:
             intermediates[n] = seen
     return outs, (torch.stack(finals) if output_final_state else None)
+
+
+def _chunk_decays(G):
+    """exp(G_t - G_s) [t, s, HV, K] for s <= t and 0 above (masked before exp: the exponent is
+    positive there, inf under a strong decay and NaN in the backward); and its strictly lower part."""
+    C = G.shape[0]
+    causal = torch.ones(C, C, dtype=torch.bool, device=G.device).tril()[..., None, None]
+    D = torch.exp(torch.where(causal, G[:, None] - G[None, :], float("-inf")))
+    return D, D * (~torch.eye(C, dtype=torch.bool, device=G.device))[..., None, None]
+
+
+def _wy_parts(q, k, v, b, G, S0):
+    """A chunk's WY quantities (both passes need them): the decays D (s <= t) and Dl (s < t),
+    exp(G), T = (I + A)^-1, w, u, v_new, the readout's pair sums P and the end state's keys bC."""
+    C = q.shape[0]
+    D, Dl = _chunk_decays(G)
+    E = torch.exp(G)
+    A = torch.einsum("thk,tshk,shk->hts", k, Dl, b)
+    T = torch.linalg.inv(torch.eye(C, dtype=q.dtype, device=q.device) + A)  # [HV, C, C]
+    w = torch.einsum("hts,shk->thk", T, E * k)
+    u = torch.einsum("hts,shv->thv", T, v)
+    v_new = u - torch.einsum("thk,hkv->thv", w, S0)
+    P = torch.einsum("thk,tshk,shk->hts", q, D, b)  # the readout's pairs, s <= t
+    bC = torch.exp(G[-1] - G) * b
+    return D, Dl, E, T, w, u, v_new, P, bC
+
+
+def wy_chunk_forward(q, k, v, b, G, S0, scale):
+    """One chunk of the delta rule in WY form (run_chunked_delta's docstring has the math): q, k,
+    b (beta * k) and G (cumulative log decay) [C, HV, K], v [C, HV, V], start state S0
+    [HV, K, V]. Returns (o [C, HV, V], end state [HV, K, V], {w, u, v_new, T})."""
+    _, _, E, T, w, u, v_new, P, bC = _wy_parts(q, k, v, b, G, S0)
+    o = scale * (torch.einsum("thk,hkv->thv", q * E, S0) + torch.einsum("hts,shv->thv", P, v_new))
+    S_end = E[-1][..., None] * S0 + torch.einsum("shk,shv->hkv", bC, v_new)
+    return o, S_end, dict(w=w, u=u, v_new=v_new, T=T)
+
+
+def wy_chunk_backward(q, k, v, b, G, S0, scale, do, dS_end):
+    """The gradients of wy_chunk_forward's (o, S_end) given do [C, HV, V] and dS_end [HV, K, V],
+    written out (no autograd): what the chunked backward kernels compute. Returns dq, dk, db,
+    dG [C, HV, K] (dG with respect to the cumulative sums: the per-token log decay's gradient is
+    its reverse cumulative sum), dv [C, HV, V] and dS0 [HV, K, V]. Through the triangular
+    inverse by dM = -T^T dT T^T, kept strictly lower (M = I + A)."""
+    C = q.shape[0]
+    D, Dl, E, T, w, _, v_new, P, bC = _wy_parts(q, k, v, b, G, S0)
+    kE, qE = k * E, q * E
+    # outputs -> v_new, the start state, and the readout's and end state's factors
+    dv_new = scale * torch.einsum("hts,thv->shv", P, do) + torch.einsum("shk,hkv->shv", bC, dS_end)
+    dP = scale * torch.einsum("thv,shv->hts", do, v_new)
+    dqE = scale * torch.einsum("thv,hkv->thk", do, S0)
+    dbC = torch.einsum("shv,hkv->shk", v_new, dS_end)
+    dS0 = (scale * torch.einsum("thk,thv->hkv", qE, do) + torch.exp(G[-1])[..., None] * dS_end
+           - torch.einsum("thk,thv->hkv", w, dv_new))
+    # v_new = T v - T kE S0 -> T, v, kE
+    dw = -torch.einsum("thv,hkv->thk", dv_new, S0)
+    dT = torch.einsum("thv,shv->hts", dv_new, v) + torch.einsum("thk,shk->hts", dw, kE)
+    dv = torch.einsum("hts,thv->shv", T, dv_new)
+    dkE = torch.einsum("hts,thk->shk", T, dw)
+    dA = -torch.einsum("hst,hsr,hur->htu", T, dT, T) * torch.ones(C, C, dtype=torch.bool, device=q.device).tril(-1)
+    # the pair sums A (strictly lower) and P (s <= t), each pair's factor exp(G_t - G_s)
+    XA = torch.einsum("hts,thk,tshk,shk->tshk", dA, k, Dl, b)
+    XP = torch.einsum("hts,thk,tshk,shk->tshk", dP, q, D, b)
+    dk = torch.einsum("hts,tshk,shk->thk", dA, Dl, b) + dkE * E
+    dq = torch.einsum("hts,tshk,shk->thk", dP, D, b) + dqE * E
+    db = (torch.einsum("hts,tshk,thk->shk", dA, Dl, k) + torch.einsum("hts,tshk,thk->shk", dP, D, q)
+          + dbC * torch.exp(G[-1] - G))
+    dG = (XA + XP).sum(1) - (XA + XP).sum(0) + dkE * kE + dqE * qE - dbC * bC
+    dG[-1] += (dbC * bC).sum(0) + E[-1] * torch.einsum("hkv,hkv->hk", S0, dS_end)
+    return dq, dk, db, dG, dv, dS0

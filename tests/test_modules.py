@@ -194,6 +194,10 @@ def test_norms_keep_dtype_and_check_groups(backend):
     assert y.dtype == torch.bfloat16 and res.dtype == torch.float32
     with pytest.raises(ValueError, match="num_groups"):
         modules.GroupNorm(3, 8)
+    with pytest.raises(ValueError, match="residual"):
+        modules.RMSNorm(8).to(DEVICE)(x, x[:1])
+    with pytest.raises(ValueError, match="weight"):
+        modules.RMSNorm(4).to(DEVICE)(x)
     with pytest.raises(ValueError, match="activation"):
         modules.FusedRMSNormGated(8, activation="tanh")
 

@@ -1,6 +1,6 @@
 """flagen.reference.run_chunked_delta: the delta rule chunk by chunk in the WY form (what the
-chunked delta-rule kernels compute, issue 11) against the token-by-token reference, both in
-float64: output, final state and every input's gradient, across chunk sizes that do and do not
+chunked delta-rule kernels compute, issue 11) against the token-by-token reference, and
+wy_chunk_backward's explicit gradients against autograd, all in float64: output, final state and every input's gradient, across chunk sizes that do and do not
 divide the length, initial states, packed sequences, grouped value heads, strong decays and
 beta in (0, 2). Tolerance 1e-9 of the largest magnitude (float64 round-off of two orders of
 summation)."""
@@ -85,6 +85,31 @@ def test_hard_reset_and_huge_decays_stay_finite():
     close("o", o, ro)
     (grad,) = torch.autograd.grad(o.sum(), raw["g"])
     assert torch.isfinite(grad).all()
+
+
+@pytest.mark.parametrize("C", [1, 7, 16])
+@pytest.mark.parametrize("strong", [False, True], ids=["mild", "strong"])
+def test_explicit_chunk_backward_equals_autograd(C, strong):
+    """wy_chunk_backward (the backward kernels' formulas, through the triangular inverse) against
+    autograd through wy_chunk_forward: every input's gradient, the log decay's through the
+    reverse cumulative sum; beta up to 2 (negative eigenvalues)."""
+    gen = torch.Generator().manual_seed(C)
+    HV, K, V = 2, 6, 5
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64)
+    q, v, S0 = rand(C, HV, K), rand(C, HV, V), rand(HV, K, V)
+    k = torch.nn.functional.normalize(rand(C, HV, K), dim=-1)
+    b = k * 2 * torch.rand(C, HV, 1, generator=gen, dtype=torch.float64)
+    g = -torch.rand(C, HV, K, generator=gen, dtype=torch.float64) * (20 if strong else 0.5)
+    leaves = [x.clone().requires_grad_() for x in (q, k, v, b, g, S0)]
+    o, S_end, _ = reference.wy_chunk_forward(*leaves[:4], leaves[4].cumsum(0), leaves[5], 0.25)
+    do, dS_end = rand(*o.shape), rand(*S_end.shape)
+    ref = torch.autograd.grad((o * do).sum() + (S_end * dS_end).sum(), leaves)
+    dq, dk, db, dG, dv, dS0 = reference.wy_chunk_backward(q, k, v, b, g.cumsum(0), S0, 0.25, do, dS_end)
+    dg = dG.flip(0).cumsum(0).flip(0)
+    for name, ours, r in zip(["dq", "dk", "dv", "db", "dg", "dS0"], (dq, dk, dv, db, dg, dS0), ref):
+        close(name, ours, r)
 
 
 def test_refuses_what_it_does_not_evaluate():

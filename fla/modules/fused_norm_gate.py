@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from fla.modules.layernorm import GroupNorm, _add_residual, _normalize
-from fla.modules.row_norm import row_norm, usable
+from fla.modules.row_norm import check_args, row_norm, usable
 
 GATE_ACTIVATIONS = {"swish": F.silu, "silu": F.silu, "sigmoid": torch.sigmoid}
 
@@ -21,6 +21,7 @@ def layer_norm_gated(x, g, weight, bias, activation="swish", residual=None, eps=
         raise ValueError(f"`activation` must be one of {sorted(GATE_ACTIVATIONS)}, got {activation!r}")
     if g.shape != x.shape:
         raise ValueError(f"`g` must have x's shape {tuple(x.shape)}, got {tuple(g.shape)}")
+    check_args(x, weight, bias, residual=residual)
     if usable(x):
         return row_norm(x, weight, bias, eps, is_rms_norm, z=g, gate=activation, residual=residual, prenorm=prenorm,
                         residual_in_fp32=residual_in_fp32)

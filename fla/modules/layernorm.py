@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fla.modules.row_norm import row_norm, usable
+from fla.modules.row_norm import check_args, row_norm, usable
 
 
 def _add_residual(x, residual, residual_in_fp32):
@@ -55,6 +55,7 @@ def group_norm(x, weight, bias, residual=None, eps=1e-5, prenorm=False, residual
                num_groups=1):
     """The norm over each of ``num_groups`` equal groups of x's last dim (see layer_norm)."""
     _check_groups(x.shape[-1], num_groups)
+    check_args(x, weight, bias, residual=residual)
     if usable(x, num_groups):
         return row_norm(x, weight, bias, eps, is_rms_norm, num_groups, residual=residual, prenorm=prenorm,
                         residual_in_fp32=residual_in_fp32)

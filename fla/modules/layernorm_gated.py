@@ -8,7 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fla.modules.layernorm import _normalize
-from fla.modules.row_norm import row_norm, usable
+from fla.modules.row_norm import check_args, row_norm, usable
 
 
 def rmsnorm_gated(x, weight, z=None, eps=1e-5, group_size=None, norm_before_gate=False):
@@ -18,8 +18,7 @@ def rmsnorm_gated(x, weight, z=None, eps=1e-5, group_size=None, norm_before_gate
     groups = 1 if group_size is None else D // group_size
     if group_size is not None and D % group_size:
         raise ValueError(f"`group_size` ({group_size}) must divide the hidden size ({D})")
-    if z is not None and z.shape != x.shape:
-        raise ValueError(f"`z` must have x's shape {tuple(x.shape)}, got {tuple(z.shape)}")
+    check_args(x, weight, z=z)
     if usable(x, groups):
         return row_norm(x, weight, None, eps, True, groups, z, "swish" if z is not None else None,
                         z is not None and not norm_before_gate)

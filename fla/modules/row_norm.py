@@ -219,6 +219,17 @@ class RowNorm(torch.autograd.Function):
                 db.sum(0).to(bias.dtype) if db is not None else None, *([None] * 7))
 
 
+def check_args(x, weight=None, bias=None, z=None, residual=None) -> None:
+    """A norm's tensors against x [..., D] (both paths: PyTorch would broadcast some silently)."""
+    D = x.shape[-1]
+    for name, t in (("z", z), ("residual", residual)):
+        if t is not None and t.shape != x.shape:
+            raise ValueError(f"`{name}` must have x's shape {tuple(x.shape)}, got {tuple(t.shape)}")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and tuple(t.shape) != (D,):
+            raise ValueError(f"`{name}` must be [{D}] (x's last dim), got {list(t.shape)}")
+
+
 def usable(x, groups=1) -> bool:
     """Whether the Triton path runs for x: a CUDA tensor (the interpreter's CPU tensors only
     through ``row_norm`` itself, as the tests call it), at most MAX_N channels per group."""
@@ -235,5 +246,6 @@ def row_norm(x, weight, bias, eps=1e-5, is_rms_norm=False, num_groups=1, z=None,
         raise ValueError(f"`gate` must be one of {sorted(map(str, GATES))}, got {gate!r}")
     if (z is None) != (gate is None):
         raise ValueError("`z` and `gate` go together")
+    check_args(x, weight, bias, z, residual)
     return RowNorm.apply(x, z, residual, weight, bias, eps, is_rms_norm, num_groups, gate, gate_first, prenorm,
                          residual_in_fp32)
