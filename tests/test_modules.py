@@ -394,6 +394,25 @@ def test_cross_entropy(options):
                            options.get("reduction", "mean")), [logits])
 
 
+def test_cross_entropy_z_loss_returned_and_row_blocks(monkeypatch):
+    """The z-loss returned apart gets its own gradient (2 s lse softmax), and the rows go in
+    blocks (ROW_BLOCK logits each; here 4 rows) in the forward and the recomputing backward."""
+    import fla.modules.fused_cross_entropy as ce
+    monkeypatch.setattr(ce, "ROW_BLOCK", 4 * 30)
+    gen = torch.Generator().manual_seed(1)
+    logits, target = torch.randn(9, 30, generator=gen) * 3, torch.randint(0, 30, (9,), generator=gen)
+    target[5] = -100
+    target = target.to(DEVICE)
+    loss_fn = modules.FusedCrossEntropyLoss(lse_square_scale=0.1, return_z_loss=True, label_smoothing=0.2)
+
+    def ref(z):
+        valid = target != -100
+        lse = torch.logsumexp(z, -1)
+        z_loss = torch.where(valid, 0.1 * lse.square(), 0.0)
+        return ref_ce(z, target, -100, 0.2, 1.0, None, 0.1, "mean"), z_loss.sum() / valid.sum()
+    check(lambda z: loss_fn(z, target), ref, [logits])
+
+
 @pytest.mark.parametrize("options", CE_OPTIONS[:4], ids=[str(o) for o in CE_OPTIONS[:4]])
 @pytest.mark.parametrize("num_chunks", [1, 3])
 def test_fused_linear_cross_entropy(options, num_chunks):

@@ -18,17 +18,17 @@ def _check_options(reduction, process_group, reductions=REDUCTIONS):
 
 
 def cross_entropy_rows(logits, target, ignore_index=-100, label_smoothing=0.0, logit_scale=1.0,
-                       logit_softcapping=None, lse_square_scale=0.0, grad_scale=None):
+                       logit_softcapping=None, lse_square_scale=0.0, grad_scale=None, z_grad_scale=None):
     """Per-row losses of logits [C, V] (any float dtype; computed in fp32) against target [C]:
     ``lse - (1 - eps) z_y - eps mean(z) + lse_square_scale lse^2`` with z the scaled (and
     soft-capped: cap tanh(z / cap)) logits, 0 on ignored rows. Returns (loss [C] fp32, z-loss
-    [C] fp32, and with ``grad_scale`` (a scalar or [C]) the gradient of sum(grad_scale * loss) with
-    respect to the logits [C, V] fp32, else None)."""
+    [C] fp32, and with ``grad_scale`` (a scalar or [C]) the gradient of sum(grad_scale * loss
+    + z_grad_scale * z_loss) with respect to the logits [C, V] fp32, else None)."""
     z = logits.float() * logit_scale
     if logit_softcapping is not None:
         t = torch.tanh(z / logit_softcapping)
         z = logit_softcapping * t
-    V = z.shape[-1]
+    C, V = z.shape
     valid = target != ignore_index
     y = torch.where(valid, target, 0).long()
     lse = torch.logsumexp(z, -1)
@@ -39,13 +39,51 @@ def cross_entropy_rows(logits, target, ignore_index=-100, label_smoothing=0.0, l
     z_loss = torch.where(valid, z_loss, 0.0)
     if grad_scale is None:
         return loss, z_loss, None
-    p = torch.softmax(z, -1)
-    dz = p * (1 + 2 * lse_square_scale * lse[:, None]) - label_smoothing / V
-    dz.scatter_add_(-1, y[:, None], torch.full_like(zy[:, None], -(1 - label_smoothing)))
-    dz = dz * (valid.float() * grad_scale)[:, None]
+    gs = torch.as_tensor(grad_scale, dtype=torch.float32, device=z.device).expand(C) * valid
+    coef = gs * (1 + 2 * lse_square_scale * lse)  # softmax's share: the loss's and the z-loss's
+    if z_grad_scale is not None:
+        coef = coef + torch.as_tensor(z_grad_scale, dtype=torch.float32, device=z.device).expand(C) * valid * (
+            2 * lse_square_scale * lse)
+    dz = torch.softmax(z, -1) * coef[:, None] - (gs * (label_smoothing / V))[:, None]
+    dz.scatter_add_(-1, y[:, None], -(gs * (1 - label_smoothing))[:, None])
     if logit_softcapping is not None:
         dz = dz * (1 - t.square())
     return loss, z_loss, dz * logit_scale
+
+
+ROW_BLOCK = 1 << 26  # logits per block of rows: a few fp32 temporaries of 256 MB at the most
+
+
+class _CrossEntropy(torch.autograd.Function):
+    """Per-row losses and z-losses of logits [N, V]; the backward recomputes each block of rows'
+    softmax from the saved logits (only they are kept, in their own dtype: no fp32 copy of the
+    logits lives past the forward) and returns the gradient in the logits' dtype."""
+
+    @staticmethod
+    def forward(ctx, logits, target, options):
+        N, V = logits.shape
+        R = max(1, ROW_BLOCK // max(V, 1))
+        loss = logits.new_empty(N, dtype=torch.float32)
+        z_loss = logits.new_empty(N, dtype=torch.float32)
+        for s in range(0, N, R):
+            loss[s:s + R], z_loss[s:s + R], _ = cross_entropy_rows(logits[s:s + R], target[s:s + R], **options)
+        ctx.save_for_backward(logits, target)
+        ctx.options = options
+        return loss, z_loss
+
+    @staticmethod
+    def backward(ctx, dloss, dz_loss):
+        logits, target = ctx.saved_tensors
+        N, V = logits.shape
+        R = max(1, ROW_BLOCK // max(V, 1))
+        dlogits = torch.empty_like(logits)
+        for s in range(0, N, R):
+            _, _, dz = cross_entropy_rows(
+                logits[s:s + R], target[s:s + R], **ctx.options,
+                grad_scale=dloss[s:s + R] if dloss is not None else torch.zeros(()),
+                z_grad_scale=dz_loss[s:s + R] if dz_loss is not None else None)
+            dlogits[s:s + R] = dz
+        return dlogits, None, None
 
 
 def check_targets(target, V, ignore_index):
@@ -83,8 +121,9 @@ class FusedCrossEntropyLoss(nn.Module):
             raise ValueError(f"expected input [N, V] and target [N], got {tuple(input.shape)} and "
                              f"{tuple(target.shape)}")
         check_targets(target, input.shape[1], self.ignore_index)
-        loss, z_loss, _ = cross_entropy_rows(input, target, self.ignore_index, self.label_smoothing,
-                                             self.logit_scale, self.logit_softcapping, self.lse_square_scale)
+        loss, z_loss = _CrossEntropy.apply(input, target, dict(
+            ignore_index=self.ignore_index, label_smoothing=self.label_smoothing, logit_scale=self.logit_scale,
+            logit_softcapping=self.logit_softcapping, lse_square_scale=self.lse_square_scale))
         valid = target != self.ignore_index
         loss = _reduce(loss, valid, self.reduction)
         return (loss, _reduce(z_loss, valid, self.reduction)) if self.return_z_loss else loss
