@@ -17,18 +17,25 @@ def rotary_embedding(x, cos, sin, interleaved=False, seqlen_offsets=0, cu_seqlen
     R = 2 * cos.shape[-1]
     if R > x.shape[-1]:
         raise ValueError(f"the rotary dim ({R}) exceeds the head dim ({x.shape[-1]})")
-    pos = torch.arange(T, device=x.device)
-    offsets = torch.as_tensor(seqlen_offsets, device=x.device)
-    if cu_seqlens is not None:
-        seq = torch.searchsorted(cu_seqlens[1:].long(), pos, right=True)
-        pos = (pos - cu_seqlens.long()[seq]) + (offsets[seq] if offsets.dim() else offsets)
-        pos = pos[None].expand(B, T)
+    if isinstance(seqlen_offsets, int) and cu_seqlens is None:
+        # one offset for all: a slice of the tables, checked without reading anything back
+        if seqlen_offsets + T > cos.shape[0]:
+            raise ValueError(f"position {seqlen_offsets + T - 1} is past the rotary tables ({cos.shape[0]} positions)")
+        c, s = cos[seqlen_offsets:seqlen_offsets + T, None], sin[seqlen_offsets:seqlen_offsets + T, None]
     else:
-        pos = pos[None] + (offsets[:, None] if offsets.dim() else offsets)
-        pos = pos.expand(B, T)
-    if int(pos.max()) >= cos.shape[0]:
-        raise ValueError(f"position {int(pos.max())} is past the rotary tables ({cos.shape[0]} positions)")
-    c, s = cos[pos][:, :, None].float(), sin[pos][:, :, None].float()  # [B, T, 1, R / 2]
+        pos = torch.arange(T, device=x.device)
+        offsets = torch.as_tensor(seqlen_offsets, device=x.device)
+        if cu_seqlens is not None:
+            seq = torch.searchsorted(cu_seqlens[1:].long(), pos, right=True)
+            pos = (pos - cu_seqlens.long()[seq]) + (offsets[seq] if offsets.dim() else offsets)
+            pos = pos[None].expand(B, T)
+        else:
+            pos = pos[None] + (offsets[:, None] if offsets.dim() else offsets)
+            pos = pos.expand(B, T)
+        if int(pos.max()) >= cos.shape[0]:
+            raise ValueError(f"position {int(pos.max())} is past the rotary tables ({cos.shape[0]} positions)")
+        c, s = cos[pos][:, :, None], sin[pos][:, :, None]  # [B, T, 1, R / 2]
+    c, s = c.float(), s.float()
     xr = x[..., :R].float()
     if interleaved:
         x1, x2 = xr[..., 0::2], xr[..., 1::2]
@@ -36,7 +43,8 @@ def rotary_embedding(x, cos, sin, interleaved=False, seqlen_offsets=0, cu_seqlen
     else:
         x1, x2 = xr.chunk(2, -1)
         out = torch.cat([x1 * c - x2 * s, x1 * s + x2 * c], -1)
-    return torch.cat([out.to(x.dtype), x[..., R:]], -1)
+    out = out.to(x.dtype)
+    return out if R == x.shape[-1] else torch.cat([out, x[..., R:]], -1)
 
 
 class RotaryEmbedding(nn.Module):
@@ -57,6 +65,7 @@ class RotaryEmbedding(nn.Module):
         self.interleaved, self.pos_idx_in_fp32, self.device = interleaved, pos_idx_in_fp32, device
         self.register_buffer("inv_freq", self._inv_freq(device), persistent=False)
         self.register_buffer("scale", None if scale_base is None else self._scale(device), persistent=False)
+        self._tables = None  # (key, tables) of the last call: rebuilt when the length, device or dtype change
 
     def _scale(self, device):
         return (torch.arange(0, self.dim, 2, device=device, dtype=torch.float32) + 0.4 * self.dim) / (1.4 * self.dim)
@@ -64,6 +73,7 @@ class RotaryEmbedding(nn.Module):
     def reset_parameters(self):
         """Recompute the (unsaved) buffers: models built on the meta device and loaded from a
         checkpoint (transformers' from_pretrained) have nothing in them otherwise."""
+        self._tables = None
         with torch.no_grad():
             self.inv_freq.copy_(self._inv_freq(self.inv_freq.device))
             if self.scale is not None:
@@ -96,7 +106,10 @@ class RotaryEmbedding(nn.Module):
         if max_seqlen is None:
             extra = seqlen_offset if isinstance(seqlen_offset, int) else int(torch.as_tensor(seqlen_offset).max())
             max_seqlen = q.shape[1] + extra
-        (cq, sq), (ck, sk) = self.tables(max_seqlen, q.device, q.dtype)
+        key = (max_seqlen, q.device, q.dtype, self.inv_freq.data_ptr(), self.inv_freq._version)
+        if self._tables is None or self._tables[0] != key:
+            self._tables = key, self.tables(max_seqlen, q.device, q.dtype)
+        (cq, sq), (ck, sk) = self._tables[1]
         q = rotary_embedding(q, cq, sq, self.interleaved, seqlen_offset, cu_seqlens)
         k = rotary_embedding(k, ck, sk, self.interleaved, seqlen_offset, cu_seqlens)
         return q, k
