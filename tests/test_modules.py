@@ -414,8 +414,8 @@ def test_cross_entropy_z_loss_returned_and_row_blocks(monkeypatch):
 
 
 @pytest.mark.parametrize("options", CE_OPTIONS[:4], ids=[str(o) for o in CE_OPTIONS[:4]])
-@pytest.mark.parametrize("num_chunks", [1, 3])
-def test_fused_linear_cross_entropy(options, num_chunks):
+@pytest.mark.parametrize("num_chunks", [1, 3, "capped"])
+def test_fused_linear_cross_entropy(options, num_chunks, monkeypatch):
     """Loss and the gradients of x, weight and bias against cross-entropy on the full logits."""
     gen = torch.Generator().manual_seed(0)
     N, H, V = 21, 8, 40
@@ -424,6 +424,10 @@ def test_fused_linear_cross_entropy(options, num_chunks):
     target[[0, 7]] = -100
     target = target.to(DEVICE)
     opts = {k: v for k, v in options.items() if k != "lse_square_scale"}
+    if num_chunks == "capped":  # the logits cap, not num_chunks, sets the chunks: 16 rows each
+        import fla.modules.fused_linear_cross_entropy as flce
+        monkeypatch.setattr(flce, "LOGITS_BLOCK", 16 * V)
+        num_chunks = 1
     loss_fn = modules.FusedLinearCrossEntropyLoss(num_chunks=num_chunks, **opts)
     check(lambda x, w, b: loss_fn(x, target, w, b),
           lambda x, w, b: ref_ce(F.linear(x, w, b), target, -100, opts.get("label_smoothing", 0.0),
