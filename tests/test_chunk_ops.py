@@ -15,8 +15,8 @@ import fla.ops as ops
 from flagen import reference
 from flagen.ir.library import BUILTINS
 from flagen.runtime.op import get_op
-from recurrent_cases import (BF16_STATE_TOL, BF16_TOL, CHUNK_FAMILIES, DEVICE, DTYPE, STATE_TOL, TOL, Shape, chunked,
-                             make_case, qkv, reference_inputs)
+from recurrent_cases import (ATOL_FACTOR, BF16_STATE_TOL, BF16_TOL, CHUNK_FAMILIES, DEVICE, DTYPE, STATE_TOL, TOL,
+                             Shape, chunked, make_case, qkv, reference_inputs)
 from test_recurrent_ops import CONFIGS, close, run_case
 
 
@@ -48,9 +48,20 @@ def test_chunked_equals_recurrent(family):
     close("o", co, o.float(), TOL)
     S, cS = (ht[0], cht[0]) if isinstance(ht, tuple) else (ht, cht)
     close("final_state", cS, S, STATE_TOL)
-    do = torch.randn_like(o)
-    for name, a, b in zip(range(len(leaves)), torch.autograd.grad((co * do).sum(), leaves),
+    do = torch.randn(o.shape, generator=torch.Generator().manual_seed(1)).to(o.device, o.dtype)
+    names = [n for n, x in kwargs.items() if torch.is_tensor(x) and x.is_floating_point()]
+    for name, a, b in zip(names, torch.autograd.grad((co * do).sum(), leaves),
                           torch.autograd.grad((o * do).sum(), leaves)):
+        if name == "g_gamma":
+            # One log decay per head, its gradient summed over every token in fp32 by both
+            # kernels, in different orders: the rounding is that of the largest per-token term
+            # (up to ~7x the sum here), which becomes the scale.
+            g = kwargs["g_gamma"].detach()[None, None].expand(*o.shape[:3]).clone().requires_grad_(True)
+            per_token = torch.autograd.grad((fn(**{**kwargs, "g_gamma": None, "g": g})[0] * do).sum(), g)[0]
+            bound = TOL * (b.abs().max().item() + ATOL_FACTOR + per_token.abs().max().item())
+            err = (a.double() - b.double()).abs().max().item()
+            assert err <= bound, f"grad {name}: max error {err:.3e} > {bound:.3e}"
+            continue
         close(f"grad {name}", a, b.float(), TOL)
 
 
