@@ -22,8 +22,12 @@ import time
 
 SHAPES = [(4, 2048, 16, 128), (2, 16384, 16, 128)]  # B, T, H, D
 # "+normalize": chunk_linear_attn with normalize=True, on positive (elu + 1) q and k
+# The delta rules as their layers call them: L2-normalised q, k in the kernel, a sigmoid-ed beta;
+# "+gate": Gated DeltaNet's / KDA's gate in the kernel (A_log, dt_bias), as Qwen3-Next and Kimi
+# Linear use it.
 OPS = ["chunk_retention", "chunk_simple_gla", "chunk_gla", "chunk_linear_attn", "chunk_linear_attn+normalize",
-       "chunk_lightning_attn", "chunk_rwkv6"]
+       "chunk_lightning_attn", "chunk_rwkv6", "chunk_delta_rule", "chunk_gated_delta_rule",
+       "chunk_gated_delta_rule+gate", "chunk_kda", "chunk_kda+gate"]
 
 
 def fla_function(name):
@@ -59,6 +63,19 @@ def make_inputs(name, B, T, H, D, torch, F):
         kw["normalize"] = name.endswith("+normalize")
     elif name == "chunk_lightning_attn":
         kw.update(layer_idx=0, num_layers=4)
+    elif "delta_rule" in name or name.startswith("chunk_kda"):
+        kw.update(beta=torch.rand(B, T, H, device=dev, generator=gen).to(dt), use_qk_l2norm_in_kernel=True)
+        grads.append(kw["beta"])
+        if name != "chunk_delta_rule":
+            gate_shape = (B, T, H, D) if name.startswith("chunk_kda") else (B, T, H)
+            if name.endswith("+gate"):
+                kw["g"] = torch.randn(*gate_shape, device=dev, generator=gen).to(dt)
+                kw.update(use_gate_in_kernel=True, A_log=torch.log(torch.rand(H, device=dev, generator=gen) * 15 + 1),
+                          dt_bias=torch.randn(H * D if name.startswith("chunk_kda") else H, device=dev,
+                                              generator=gen))
+            else:
+                kw["g"] = (F.logsigmoid(torch.randn(*gate_shape, device=dev, generator=gen)) / 16).to(dt)
+            grads.append(kw["g"])
     for x in grads:
         x.requires_grad_(True)
     args = dict(r=q, k=k, v=v) if name == "chunk_rwkv6" else dict(q=q, k=k, v=v)

@@ -159,3 +159,82 @@ def test_extreme_decays_every_dtype(variant, pattern, dtype):
     for chunk_size in (None, 16):
         _check(variant, q.clone(), k.clone(), v.clone(), h0.clone(), {n: x.clone() for n, x in inputs.items()},
                torch.Generator(device="cuda").manual_seed(1), chunk_size=chunk_size)
+
+
+# The chunked delta rule (chunk_delta.py.j2): every kernel computes in fp32 whatever the input
+# dtype, so the error is the inputs' and results' rounding: stated per dtype (relative to the
+# tensor's largest value, as everywhere: tests/recurrent_cases.py).
+DELTA_TOL = {torch.float32: 1e-4, torch.float16: 2e-3, torch.bfloat16: 2e-2}
+DELTA_VARIANTS = ["delta_rule_l2norm", "gated_delta_rule_l2norm_gate_beta_sigmoid", "kda_l2norm_gate_beta_sigmoid",
+                  "kda_gate_lower_bound_beta_2sigmoid"]
+
+
+def _delta_inputs(spec, B, T, HV, K, gen):
+    """Raw inputs of a delta-rule variant: beta in (0, 1) (or its raw input), log decays in
+    [-1, 0) (or the in-kernel gate's raw input, A_log from log(1..16)), dt_bias ~ N(0, 0.25)."""
+    shapes = {"token": (B, T, HV), "token_key": (B, T, HV, K), "head": (HV,), "head_key": (HV, K)}
+    out = {}
+    for i in spec.inputs:
+        if i.shape.value == "const":
+            out[i.name] = -5.0
+            continue
+        u = torch.rand(shapes[i.shape.value], generator=gen, device="cuda")
+        n = torch.randn(shapes[i.shape.value], generator=gen, device="cuda")
+        raw = str(spec.beta if i.name == "beta" else spec.gate) != i.name
+        if i.name == "A_log":
+            out[i.name] = torch.log(1 + 15 * u)
+        elif i.name == "dt_bias":
+            out[i.name] = 0.5 * n
+        elif raw:
+            out[i.name] = n
+        else:
+            out[i.name] = u if i.name == "beta" else -(0.001 + u)
+    return out
+
+
+DELTA_DIMS = [(128, 128), (100, 48), (256, 64)]
+
+
+@pytest.mark.parametrize("K,V", DELTA_DIMS, ids=[f"K{k}_V{v}" for k, v in DELTA_DIMS])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=["bf16", "fp16", "fp32"])
+@pytest.mark.parametrize("variant", DELTA_VARIANTS)
+def test_delta_rule_every_dtype(variant, dtype, K, V):
+    """The compiled chunked delta-rule kernels in each input dtype and head dim (K = 256: one
+    [256, BV] state per program): output, final state and every gradient against float64, with
+    grouped value heads, packed sequences of 1, 63, 64, 65 and 107 tokens and initial states."""
+    spec = BUILTINS[variant]
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    lens = [1, 63, 64, 65, 107]
+    cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32, device="cuda")
+    B, T, H, HV = 1, sum(lens), 1, 2
+    q, k = (torch.randn(B, T, H, K, generator=gen, device="cuda").to(dtype) for _ in range(2))
+    v = torch.randn(B, T, HV, V, generator=gen, device="cuda").to(dtype)
+    inputs = _delta_inputs(spec, B, T, HV, K, gen)
+    h0 = torch.randn(len(lens), HV, K, V, generator=gen, device="cuda")
+    tensors = {n: x for n, x in inputs.items() if torch.is_tensor(x)}
+    names, leaves = ["q", "k", "v", "h0", *tensors], [q, k, v, h0, *tensors.values()]
+    for x in leaves:
+        x.requires_grad_(True)
+    o, ht = get_op(variant).chunk(q, k, v, initial_state=h0, output_final_state=True, cu_seqlens=cu, **inputs)
+    ro, rht = reference.run(spec, q, k, v, initial_state=h0, output_final_state=True, cu_seqlens=cu, **inputs)
+    tol = DELTA_TOL[dtype]
+    close("o", o, ro, tol)
+    close("final_state", ht, rht, min(tol, STATE_TOL))
+    do = torch.randn(o.shape, generator=gen, device="cuda", dtype=torch.float64)
+    dS = torch.randn(ht.shape, generator=gen, device="cuda", dtype=torch.float64)
+    ours = torch.autograd.grad((o.double() * do).sum() + (ht.double() * dS).sum(), leaves)
+    theirs = torch.autograd.grad((ro * do).sum() + (rht * dS).sum(), leaves)
+    for name, a, b in zip(names, ours, theirs):
+        close(f"d{name}", a, b, tol)
+
+
+@pytest.mark.parametrize("variant", ["gated_delta_rule_l2norm_gate_beta_sigmoid", "kda_l2norm_gate_beta_sigmoid"])
+def test_delta_rule_long_sequence(variant):
+    """T = 16384 in bf16 (256 chunks walked by the state kernels): forward and backward."""
+    spec = BUILTINS[variant]
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    B, T, H, K, V = 1, 16384, 1, 64, 64
+    q, k, v = (torch.randn(B, T, H, D, generator=gen, device="cuda").bfloat16() for D in (K, K, V))
+    inputs = _delta_inputs(spec, B, T, H, K, gen)
+    h0 = torch.randn(B, H, K, V, generator=gen, device="cuda")
+    _check(variant, q, k, v, h0, inputs, gen)

@@ -380,7 +380,9 @@ def test_chunk_options_are_checked():
     fn, kwargs = chunked("gla", fn, kwargs)
     with pytest.raises(ValueError, match="chunk_size"):
         fn(**kwargs, chunk_size=48)
-    with pytest.raises(NotImplementedError, match="delta rule"):
-        get_op("gated_delta_rule").chunk(*qkv(kwargs), g=kwargs["g"][..., 0], beta=kwargs["g"][..., 0])
+    with pytest.raises(NotImplementedError, match="low-rank"):
+        get_op("dplr").chunk(*qkv(kwargs), gk=kwargs["g"], a=kwargs["g"], b=kwargs["g"])
+    with pytest.raises(ValueError, match="chunk_size"):  # (16, 32 or 64 for the delta rule)
+        get_op("gated_delta_rule").chunk(*qkv(kwargs), g=kwargs["g"][..., 0], beta=kwargs["g"][..., 0], chunk_size=128)
     with pytest.raises(ValueError, match="`g`"):
         fn(**{**kwargs, "g": kwargs["g"][..., :8]})

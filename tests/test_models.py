@@ -24,7 +24,7 @@ FAMILIES = {cfg.model_type: (cfg, model, causal) for cfg, model, causal in model
 GENERIC = {"transformers_version", "architectures", "output_hidden_states", "return_dict", "dtype",
            "chunk_size_feed_forward", "is_encoder_decoder", "id2label", "label2id", "problem_type", "_name_or_path",
            "output_attentions"}
-# delta-rule families train through the token-by-token kernels until the chunked ones land
+# RWKV7 trains through its token-by-token kernels until chunked DPLR kernels land
 pytestmark = pytest.mark.filterwarnings("ignore:.*no chunked kernels")
 # tiny configurations for the runs (head dims the interpreter is quick with)
 TINY = dict(hidden_size=32, num_hidden_layers=2, vocab_size=48, num_heads=2, max_position_embeddings=64)
@@ -181,7 +181,7 @@ def test_model_of_a_user_variant(tmp_path):
     config = models.RecurrentConfig(recurrence=f"{root}/{VARIANT}", **TINY, expand_k=1.0)
     model = models.RecurrentForCausalLM(config).to(DEVICE, DTYPE)
     assert model.model.layers[0].attn.spec_name == "gated_delta_rule_learned_floor"
-    assert model.model.layers[0].attn.mode == "fused_recurrent"  # (no chunked delta-rule kernels yet)
+    assert model.model.layers[0].attn.mode == "chunk"  # (the chunked delta rule, generated for the spec)
     x = ids(2, 24)
     out = model(x, labels=x)
     out.loss.backward()

@@ -8,7 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import fla.ops.delta_rule as dr
-from fla.layers.base import QKVLayer, chunk_or_recurrent
+from fla.layers.base import QKVLayer
 from fla.modules.feature_map import elu_p1
 
 MODES = ("chunk", "fused_recurrent")
@@ -68,5 +68,4 @@ class DeltaNet(QKVLayer):
                       use_qk_l2norm_in_kernel=self.qk_norm == "l2", cu_seqlens=cu_seqlens)
         if context["seq_len"] <= 64 or self.mode == "fused_recurrent":
             return dr.fused_recurrent_delta_rule(q, k, v, **common)
-        chunk = chunk_or_recurrent(getattr(dr, "chunk_delta_rule", None), dr.fused_recurrent_delta_rule, "DeltaNet")
-        return chunk(q, k, v, **common)
+        return dr.chunk_delta_rule(q, k, v, **common)

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 import fla.ops.gated_delta_rule as gdr
-from fla.layers.base import QKVLayer, chunk_or_recurrent, dt_bias_init
+from fla.layers.base import QKVLayer, dt_bias_init
 
 MODES = ("chunk", "fused_recurrent")
 
@@ -55,6 +55,4 @@ class GatedDeltaNet(QKVLayer):
             (context["seq_len"] <= 64 and not self.training) or self.mode == "fused_recurrent")
         if recurrent:
             return gdr.fused_recurrent_gated_delta_rule(q, k, v, **common)
-        chunk = chunk_or_recurrent(getattr(gdr, "chunk_gated_delta_rule", None), gdr.fused_recurrent_gated_delta_rule,
-                                   "GatedDeltaNet")
-        return chunk(q, k, v, **common)
+        return gdr.chunk_gated_delta_rule(q, k, v, **common)

@@ -10,7 +10,7 @@ import torch.nn as nn
 from einops import rearrange
 
 import fla.ops.kda as kda
-from fla.layers.base import QKVLayer, chunk_or_recurrent, dt_bias_init
+from fla.layers.base import QKVLayer, dt_bias_init
 from fla.modules import FusedRMSNormGated
 
 MODES = ("chunk", "fused_recurrent")
@@ -69,8 +69,7 @@ class KimiDeltaAttention(QKVLayer):
             (context["seq_len"] <= 64 and not self.training) or self.mode == "fused_recurrent")
         if recurrent:
             return kda.fused_recurrent_kda(q, k, v, g, self.b_proj(x).float(), **common)
-        chunk = chunk_or_recurrent(getattr(kda, "chunk_kda", None), kda.fused_recurrent_kda, "KimiDeltaAttention")
-        return chunk(q, k, v, g, self.b_proj(x).float(), **common)
+        return kda.chunk_kda(q, k, v, g, self.b_proj(x).float(), **common)
 
     def _readout(self, o, x):
         o = self.o_norm(o, rearrange(self.g_proj(x), "... (h d) -> ... h d", d=self.head_v_dim))

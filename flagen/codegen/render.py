@@ -30,6 +30,15 @@ _CHUNK_GRAD_LAYOUT = {
     Shape.HEAD_KEY: "[NC, HV, K]",
 }
 
+# ... and of the chunked delta rule's: whole over K (one program takes every K tile of its
+# chunk), per chunk partials where a gradient sums over tokens.
+_DELTA_GRAD_LAYOUT = {
+    Shape.TOKEN: "[B*T, HV]",
+    Shape.TOKEN_KEY: "[B*T, HV, K]",
+    Shape.HEAD: "[NC, HV]",
+    Shape.HEAD_KEY: "[NC, HV, K]",
+}
+
 _GRAD_LAYOUT = {
     Shape.TOKEN: "[NV, B, T, HV]",
     Shape.TOKEN_KEY: "[NV, B, T, HV, K]",
@@ -122,12 +131,22 @@ def context(spec: Recurrence) -> dict:
             spec, i.name, i.shape.per_key, [(gate, "b_dgate"), (beta, "b_dbeta_t")])
         grads.append(dict(row, chain=chain, grad_layout=_GRAD_LAYOUT[i.shape]))
 
-    # The chunked kernels cover the recurrences without the delta rule or a low-rank term.
-    chunked = not spec.delta and not spec.low_rank
+    # The decay families' chunked kernels cover the recurrences without the delta rule or a
+    # low-rank term; chunk_delta.py.j2 the delta rule with an inclusive readout and a beta per
+    # token (the gate's and beta's per-token inputs apart: each kernel loads them in its shape).
     gate_inputs = {s.name for s in spec.gate.free_symbols} if spec.gate is not None else set()
+    beta_inputs = {s.name for s in spec.beta.free_symbols} if spec.beta is not None else set()
+    token_inputs = {i.name for i in spec.inputs if i.shape.per_token}
+    chunked = not spec.delta and not spec.low_rank
+    chunk_delta = (spec.delta and not spec.low_rank and not spec.bonus and not spec.normalize
+                   and not spec.beta_per_key and not (gate_inputs & beta_inputs & token_inputs))
     chunk_head_inputs = [row for row in inputs if not row["per_token"]]
     chunk_grads = [dict(g, dvar=gate["dvars"].get(g["name"]) if gate else None,
                         chunk_layout=_CHUNK_GRAD_LAYOUT[spec.input(g["name"]).shape]) for g in grads]
+
+    delta_grads = [dict(g, gate_dvar=gate["dvars"].get(g["name"]) if gate else None,
+                        beta_dvar=beta["dvars"].get(g["name"]) if beta else None,
+                        delta_layout=_DELTA_GRAD_LAYOUT[spec.input(g["name"]).shape]) for g in grads]
 
     templates = ", ".join(sorted(p.name for p in TEMPLATE_DIR.glob("*.j2")))
     return {
@@ -161,6 +180,9 @@ def context(spec: Recurrence) -> dict:
         "chunk_head_inputs": chunk_head_inputs,
         "gate_token_inputs": [row for row in inputs if row["per_token"] and row["name"] in gate_inputs],
         "chunk_grads": chunk_grads,
+        "chunk_delta": chunk_delta,
+        "beta_token_inputs": [row for row in inputs if row["per_token"] and row["name"] in beta_inputs],
+        "delta_grads": delta_grads,
     }
 
 

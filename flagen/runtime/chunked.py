@@ -97,6 +97,14 @@ def no_double_backward() -> None:
         raise RuntimeError("double backward (create_graph=True) through flagen's kernels is not supported")
 
 
+def per_query_head(dx: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A gradient of q or k [B, T, H, K] from the per-state-head one [B*T, HV, K] the kernels
+    write: summed over each group of HV // H value heads, in x's dtype."""
+    B, T, H, K = x.shape
+    G = dx.shape[1] // H
+    return dx.view(B, T, H, G, K).sum(3).to(x.dtype) if G > 1 else dx.view(B, T, H, K)
+
+
 @dataclass
 class Chunks:
     """Where every chunk lives. Fixed length: chunk i_t of sequence n is slot n * NT + i_t and
@@ -303,8 +311,7 @@ class _Chunked(torch.autograd.Function):
             dv.zero_(), dq.zero_(), dk.zero_()
             for g in grads.values():
                 g.zero_()
-        dq = dq.view(B, T, H, G, K).sum(3).to(q.dtype) if G > 1 else dq.view(B, T, H, K)
-        dk = dk.view(B, T, H, G, K).sum(3).to(k.dtype) if G > 1 else dk.view(B, T, H, K)
+        dq, dk = per_query_head(dq, q), per_query_head(dk, k)
 
         # partial gradients per K tile (per-token scalars) and per chunk (per-head inputs)
         raw_grads = raw_gradients(op, raw, grads,

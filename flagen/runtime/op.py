@@ -13,7 +13,9 @@ from types import ModuleType
 import torch
 
 from flagen.runtime import checks
+from flagen.runtime import chunked_delta
 from flagen.runtime.chunked import _Chunked, no_double_backward
+from flagen.runtime.chunked_delta import _ChunkedDelta
 from flagen.runtime.gradients import raw_gradients
 from flagen.runtime.intmath import cdiv, next_power_of_2
 from flagen.runtime.normalizer import divisor_gradients
@@ -206,12 +208,15 @@ class RecurrentOp:
         results as calling the op; ``chunk_size`` is 16, 32, 64 or 128 tokens, or None for
         each pass's default (``flagen.runtime.chunked.chunk_sizes``)."""
         if not self.module.CHUNKED:
-            raise NotImplementedError(f"{self.name}: no chunked kernels yet for recurrences with the delta rule "
-                                      "or a low-rank transition; call the op (fused recurrent) instead")
-        if chunk_size is not None and (not checks.integer(chunk_size) or chunk_size not in (16, 32, 64, 128)):
-            raise ValueError(f"`chunk_size` must be 16, 32, 64 or 128 (or None), got {chunk_size!r}")
-        return self._run(_Chunked, dict(chunk_size=chunk_size and int(chunk_size)), q, k, v, scale, initial_state,
-                         output_final_state, cu_seqlens, reverse, inputs)
+            raise NotImplementedError(f"{self.name}: no chunked kernels yet for this recurrence (a low-rank "
+                                      "transition, or the delta rule with a bonus, normaliser or per-key beta); "
+                                      "call the op (fused recurrent) instead")
+        delta = getattr(self.module, "DELTA", False)
+        sizes = chunked_delta.CHUNK_SIZES if delta else (16, 32, 64, 128)
+        if chunk_size is not None and (not checks.integer(chunk_size) or chunk_size not in sizes):
+            raise ValueError(f"`chunk_size` must be one of {sizes} (or None) for {self.name}, got {chunk_size!r}")
+        return self._run(_ChunkedDelta if delta else _Chunked, dict(chunk_size=chunk_size and int(chunk_size)),
+                         q, k, v, scale, initial_state, output_final_state, cu_seqlens, reverse, inputs)
 
     def _run(self, function, options, q, k, v, scale, initial_state, output_final_state, cu_seqlens, reverse,
              inputs):
@@ -234,10 +239,10 @@ class RecurrentOp:
             q, k, v = flip(q), flip(k), flip(v)
             inputs = {n: flip(x) if self.inputs[n].startswith("token") else x for n, x in inputs.items()}
         low_precision = None
-        if function is _Chunked and q.device.type == "cpu" and q.dtype == torch.bfloat16:
+        if function is not _Recurrent and q.device.type == "cpu" and q.dtype == torch.bfloat16:
             # Triton's interpreter computes tl.dot on bf16 operands wrongly: compute in fp32
             low_precision, q, k, v = q.dtype, q.float(), k.float(), v.float()
-        if function is _Chunked and self.module.QK_L2NORM:
+        if function is not _Recurrent and self.module.QK_L2NORM:
             # the chunked kernels take q and k as they are: normalise them here (autograd chains)
             q, k = _l2norm(q), _l2norm(k)
         raw = [inputs[n] for n, kind in self.module.INPUTS if kind != "const"]

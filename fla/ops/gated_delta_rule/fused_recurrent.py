@@ -2,7 +2,8 @@ import torch
 import torch.nn.functional as F
 
 from fla.ops._entry import (beta_option, expect_shape, fused_recurrent, no_head_first, ones_like_heads, refuse,
-                            state_v_first_option, tensor, variant_name)
+                            state_v_first_option, tensor)
+from fla.ops.gated_delta_rule.variant import gated_delta_rule_variant
 
 
 def _gate_shapes(g, A_log, dt_bias, HV):
@@ -31,21 +32,18 @@ def fused_recurrent_gated_delta_rule(q, k, v, g=None, gk=None, gv=None, beta=Non
     no_head_first(head_first)
     refuse("gv", gv, "value-side gates are not in the recurrence IR yet")
     state_v_first = state_v_first_option(state_v_first, transpose_state_layout)
-    act = beta_option(use_beta_sigmoid_in_kernel, allow_neg_eigval)
-    HV = tensor("v", v, 4, "[B, T, HV, V]").shape[2]
-    if beta is None:
-        beta = ones_like_heads(v)
-    elif isinstance(beta, torch.Tensor) and beta.dim() == 4:
-        raise NotImplementedError("a per-value `beta` [B, T, HV, V] is not supported: give beta [B, T, HV]")
-    if use_gate_in_kernel:
-        if g is None:
-            raise ValueError("`g` (the raw gate input) must be given when `use_gate_in_kernel=True`")
-        if A_log is None:
-            raise ValueError("`A_log` [HV] must be given when `use_gate_in_kernel=True`")
-        _gate_shapes(g, A_log, dt_bias, HV)
-    else:
+    if gk is not None:
+        # the checks of gated_delta_rule_variant, which the per-key path below does not reach
+        beta_option(use_beta_sigmoid_in_kernel, allow_neg_eigval)
+        HV = tensor("v", v, 4, "[B, T, HV, V]").shape[2]
+        beta = ones_like_heads(v) if beta is None else beta
+        if use_gate_in_kernel:
+            if g is None or A_log is None:
+                raise ValueError("`g` (the raw gate input) and `A_log` [HV] must be given when "
+                                 "`use_gate_in_kernel=True`")
+            _gate_shapes(g, A_log, dt_bias, HV)
         for name, x in (("A_log", A_log), ("dt_bias", dt_bias)):
-            if x is not None:
+            if x is not None and not use_gate_in_kernel:
                 raise ValueError(f"`{name}` takes effect only with `use_gate_in_kernel=True`")
     if gk is not None:
         # KDA's transition with the log decay gk (+ g per head, gated here in PyTorch when asked)
@@ -66,13 +64,8 @@ def fused_recurrent_gated_delta_rule(q, k, v, g=None, gk=None, gv=None, beta=Non
                                    use_beta_sigmoid_in_kernel=use_beta_sigmoid_in_kernel,
                                    allow_neg_eigval=allow_neg_eigval, state_v_first=state_v_first,
                                    cu_seqlens=cu_seqlens)
-    if g is None:
-        g = v.new_zeros(v.shape[:3])
-    inputs = {"g": g, "beta": beta}
-    if use_gate_in_kernel:
-        inputs["A_log"] = A_log
-        inputs["dt_bias"] = dt_bias if dt_bias is not None else A_log.new_zeros(HV)
-    variant = variant_name("gated_delta_rule", use_qk_l2norm_in_kernel, "_gate" if use_gate_in_kernel else "", act)
+    variant, inputs = gated_delta_rule_variant(v, g, beta, use_qk_l2norm_in_kernel, use_gate_in_kernel, A_log, dt_bias,
+                                               use_beta_sigmoid_in_kernel, allow_neg_eigval)
     return fused_recurrent(variant, q, k, v, inputs, scale=scale, initial_state=initial_state,
                            output_final_state=output_final_state, cu_seqlens=cu_seqlens,
                            state_v_first=state_v_first)
