@@ -255,3 +255,124 @@ def wy_chunk_backward(q, k, v, b, G, S0, scale, do, dS_end):
     dG = (XA + XP).sum(1) - (XA + XP).sum(0) + dkE * kE + dqE * qE - dbC * bC
     dG[-1] += (dbC * bC).sum(0) + E[-1] * torch.einsum("hkv,hkv->hk", S0, dS_end)
     return dq, dk, db, dG, dv, dS0
+
+
+def run_chunked_dplr(spec: Recurrence, q, k, v, scale=None, initial_state=None, output_final_state=False,
+                     cu_seqlens=None, dtype=torch.float64, chunk_size=64, **inputs):
+    """Diagonal plus low rank (``spec.low_rank``: S_t = (diag(exp(g_t)) + b_t a_t^T) S_{t-1} +
+    k_t v_t^T, inclusive readout) chunk by chunk in the WY form that chunked DPLR kernels would
+    compute; ``run``'s arguments and results.
+
+    Within a chunk from S0, with G_t the cumulative log decay and G'_t = G_t - g_t (up to the
+    previous token), every token's low-rank read r_t = S_{t-1}^T a_t solves a triangular system:
+
+        r = T (exp(G') a S0 + A_ak v),  T = (I - A_ab)^-1,
+        A_ab[t, s] = a_t . exp(G'_t - G_s) b_s,  A_ak[t, s] = a_t . exp(G'_t - G_s) k_s   (s < t)
+        S_C = exp(G_C) S0 + sum_s exp(G_C - G_s) (b_s r_s^T + k_s v_s^T)
+        o_t = scale (q_t exp(G_t) S0 + sum_{s <= t} (q_t . exp(G_t - G_s) b_s) r_s + (q_t . exp(G_t - G_s) k_s) v_s)
+
+    The delta rule is the case a_t = -exp(g_t) k_t, b_t = beta_t k_t, with beta_t k_t for k_t."""
+    if not spec.low_rank or spec.delta or spec.bonus or spec.normalize:
+        raise ValueError(f"{spec.name}: run_chunked_dplr evaluates a low-rank transition without the delta rule, "
+                         "bonus or normaliser")
+    B, T, H, K = q.shape
+    HV, V = v.shape[2], v.shape[3]
+    scale = K ** -0.5 if scale is None else scale
+    outs = torch.zeros(B, T, HV, V, dtype=dtype, device=q.device)
+    finals = []
+    for n, b, sl, qs, ks, vs, gate, _, named, S, _ in _sequences(spec, q, k, v, initial_state, cu_seqlens, dtype,
+                                                                 inputs):
+        L = sl.stop - sl.start
+        g = torch.zeros(L, HV, K, dtype=dtype, device=q.device) + gate
+        a_in, b_in = named["a"], named["b"]
+        o_seq = []
+        for c0 in range(0, L, chunk_size):
+            c = slice(c0, min(c0 + chunk_size, L))
+            o, S = dplr_chunk_forward(qs[c], ks[c], vs[c], a_in[c], b_in[c], g[c], S, scale)
+            o_seq.append(o)
+        if o_seq:
+            outs[b, sl] = torch.cat(o_seq)
+        finals.append(S)
+    return outs, (torch.stack(finals) if output_final_state else None)
+
+
+def _dplr_parts(q, k, v, a, b, g, S0):
+    """A DPLR chunk's quantities (both passes need them): cumulative decays G, G' = G - g, the pair
+    decays Dx (G'_t - G_s, s < t) and D (G_t - G_s, s <= t), A_ab, A_ak, T, the system's right
+    side y, the reads r and the readout's pair sums P_b, P_k."""
+    C = q.shape[0]
+    G = g.cumsum(0)
+    Gx = G - g
+    causal = torch.ones(C, C, dtype=torch.bool, device=q.device)
+    strict = causal.tril(-1)[..., None, None]
+    incl = causal.tril()[..., None, None]
+    Dx = torch.exp(torch.where(strict, Gx[:, None] - G[None, :], float("-inf")))  # [t, s, HV, K], s < t
+    D = torch.exp(torch.where(incl, G[:, None] - G[None, :], float("-inf")))      # s <= t
+    A_ab = torch.einsum("thk,tshk,shk->hts", a, Dx, b)
+    A_ak = torch.einsum("thk,tshk,shk->hts", a, Dx, k)
+    Tinv = torch.linalg.inv(torch.eye(C, dtype=q.dtype, device=q.device) - A_ab)
+    y = torch.einsum("thk,hkv->thv", a * torch.exp(Gx), S0) + torch.einsum("hts,shv->thv", A_ak, v)
+    r = torch.einsum("hts,shv->thv", Tinv, y)
+    P_b = torch.einsum("thk,tshk,shk->hts", q, D, b)
+    P_k = torch.einsum("thk,tshk,shk->hts", q, D, k)
+    return G, Gx, Dx, D, A_ak, Tinv, y, r, P_b, P_k
+
+
+def dplr_chunk_forward(q, k, v, a, b, g, S0, scale):
+    """One chunk of the DPLR recurrence (run_chunked_dplr's docstring has the math): q, k, a, b,
+    g (per-token log decay) [C, HV, K], v [C, HV, V], S0 [HV, K, V]. Returns (o [C, HV, V],
+    end state [HV, K, V])."""
+    G, _, _, _, _, _, _, r, P_b, P_k = _dplr_parts(q, k, v, a, b, g, S0)
+    o = scale * (torch.einsum("thk,hkv->thv", q * torch.exp(G), S0) + torch.einsum("hts,shv->thv", P_b, r)
+                 + torch.einsum("hts,shv->thv", P_k, v))
+    to_end = torch.exp(G[-1] - G)
+    S_end = (torch.exp(G[-1])[..., None] * S0 + torch.einsum("shk,shv->hkv", to_end * b, r)
+             + torch.einsum("shk,shv->hkv", to_end * k, v))
+    return o, S_end
+
+
+def dplr_chunk_backward(q, k, v, a, b, g, S0, scale, do, dS_end):
+    """The gradients of dplr_chunk_forward's (o, S_end) given do [C, HV, V] and dS_end [HV, K, V],
+    written out: dq, dk, da, db, dg [C, HV, K], dv [C, HV, V], dS0 [HV, K, V]. Through the
+    triangular system r = T y (T = (I - A_ab)^-1): dy = T^T dr and dA_ab = dy r^T (strictly lower).
+    The log decay's gradient: dG summed from each token on, dG' from the next one on."""
+    C = q.shape[0]
+    G, Gx, Dx, D, A_ak, Tinv, y, r, P_b, P_k = _dplr_parts(q, k, v, a, b, g, S0)
+    E, Ex, to_end = torch.exp(G), torch.exp(Gx), torch.exp(G[-1] - G)
+    strict = torch.ones(C, C, dtype=torch.bool, device=q.device).tril(-1)
+    # the outputs and the end state -> the reads r, v, the start state and the factors
+    dr = scale * torch.einsum("hts,thv->shv", P_b, do) + torch.einsum("shk,hkv->shv", to_end * b, dS_end)
+    dP_b = scale * torch.einsum("thv,shv->hts", do, r)
+    dP_k = scale * torch.einsum("thv,shv->hts", do, v)
+    dqE = scale * torch.einsum("thv,hkv->thk", do, S0)
+    dbC = torch.einsum("shv,hkv->shk", r, dS_end)
+    dkC = torch.einsum("shv,hkv->shk", v, dS_end)
+    # r = T y, y = exp(G') a S0 + A_ak v
+    dy = torch.einsum("hst,shv->thv", Tinv, dr)
+    dA_ab = torch.einsum("thv,shv->hts", dy, r) * strict
+    dA_ak = torch.einsum("thv,shv->hts", dy, v) * strict
+    daE = torch.einsum("thv,hkv->thk", dy, S0)
+    dS0 = (scale * torch.einsum("thk,thv->hkv", q * E, do) + torch.exp(G[-1])[..., None] * dS_end
+           + torch.einsum("thk,thv->hkv", a * Ex, dy))
+    dv = (scale * torch.einsum("hts,thv->shv", P_k, do) + torch.einsum("shk,hkv->shv", to_end * k, dS_end)
+          + torch.einsum("hts,thv->shv", A_ak, dy))
+    # the pair sums: rows (a from A, q from P) and columns (b, k)
+    da = (torch.einsum("hts,tshk,shk->thk", dA_ab, Dx, b) + torch.einsum("hts,tshk,shk->thk", dA_ak, Dx, k)
+          + daE * Ex)
+    dq = (torch.einsum("hts,tshk,shk->thk", dP_b, D, b) + torch.einsum("hts,tshk,shk->thk", dP_k, D, k)
+          + dqE * E)
+    db = (torch.einsum("hts,tshk,thk->shk", dA_ab, Dx, a) + torch.einsum("hts,tshk,thk->shk", dP_b, D, q)
+          + dbC * to_end)
+    dk = (torch.einsum("hts,tshk,thk->shk", dA_ak, Dx, a) + torch.einsum("hts,tshk,thk->shk", dP_k, D, q)
+          + dkC * to_end)
+    # each pair's factor (+ at its row's G' or G, - at its column's G), the tokens' own factors
+    # and the end state's
+    XA = (torch.einsum("hts,thk,tshk,shk->tshk", dA_ab, a, Dx, b)
+          + torch.einsum("hts,thk,tshk,shk->tshk", dA_ak, a, Dx, k))
+    XP = (torch.einsum("hts,thk,tshk,shk->tshk", dP_b, q, D, b)
+          + torch.einsum("hts,thk,tshk,shk->tshk", dP_k, q, D, k))
+    dGx = XA.sum(1) + daE * a * Ex
+    dG = XP.sum(1) - XA.sum(0) - XP.sum(0) + dqE * q * E - (dbC * b + dkC * k) * to_end
+    dG[-1] += ((dbC * b + dkC * k) * to_end).sum(0) + torch.exp(G[-1]) * torch.einsum("hkv,hkv->hk", S0, dS_end)
+    dg = dG.flip(0).cumsum(0).flip(0) + dGx.flip(0).cumsum(0).flip(0) - dGx
+    return dq, dk, dv, da, db, dg, dS0

@@ -6,7 +6,7 @@ other than the project's (the GPU's, e.g. 3.6 for an H200), installed apart::
 
     python -m pip download --no-deps triton==3.6.0 -d .whl
     .venv/bin/python -m pip install --no-deps --target <DIR> .whl/triton-3.6.0-*.whl
-    .venv/bin/python tests/compile_offline.py <DIR> [variant ...]
+    .venv/bin/python tests/compile_offline.py <DIR> [--dtypes=bf16,fp32] [variant ...]
 
 The generated modules (generated/<variant>.py) are loaded by path with that Triton first on
 sys.path. Every chunked delta-rule kernel is compiled for sm_90 in bf16, fp16 and fp32, with
@@ -33,7 +33,7 @@ def _tile(n, cap):
     return max(32, min(cap, 1 << (n - 1).bit_length()))
 
 
-def compile_module(triton, path: Path, failures: list) -> int:
+def compile_module(triton, path: Path, dtypes: dict, failures: list) -> int:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
     spec = importlib.util.spec_from_file_location(f"offline_{path.stem}", path)
@@ -41,7 +41,7 @@ def compile_module(triton, path: Path, failures: list) -> int:
     spec.loader.exec_module(module)
     kinds = dict(module.INPUTS)
     count = 0
-    for (K, V), (dname, dt), varlen in itertools.product(DIMS, DTYPES.items(), (False, True)):
+    for (K, V), (dname, dt), varlen in itertools.product(DIMS, dtypes.items(), (False, True)):
         for kind in ("wy", "fwd_h", "fwd_o", "bwd_dh", "bwd_dw", "bwd_wy"):
             fn = module.KERNELS[f"chunk_delta_{kind}"]
             state = kind in ("fwd_h", "bwd_dh")
@@ -86,10 +86,17 @@ def main(argv):
     sys.path.insert(0, argv[1])
     import triton
     assert Path(triton.__file__).is_relative_to(Path(argv[1]).resolve()), triton.__file__
+    options = [a for a in argv[2:] if a.startswith("--")]
+    dtypes = DTYPES
+    for option in options:
+        name, _, value = option.partition("=")
+        if name != "--dtypes":
+            raise SystemExit(f"unknown option {option}")
+        dtypes = {d: DTYPES[d] for d in value.split(",")}
     failures: list = []
     total = 0
-    for variant in argv[2:] or VARIANTS:
-        total += compile_module(triton, ROOT / "generated" / f"{variant}.py", failures)
+    for variant in [a for a in argv[2:] if not a.startswith("--")] or VARIANTS:
+        total += compile_module(triton, ROOT / "generated" / f"{variant}.py", dtypes, failures)
         print(f"{variant}: compiled", flush=True)
     print(f"triton {triton.__version__}, sm_90: {total} compiled, {len(failures)} failed")
     return 1 if failures else 0
