@@ -159,9 +159,25 @@ def run_chunked_delta(spec: Recurrence, q, k, v, scale=None, initial_state=None,
     if not spec.delta or spec.low_rank or spec.bonus or spec.normalize:
         raise ValueError(f"{spec.name}: run_chunked_delta evaluates the delta rule without low rank, bonus or "
                          "normaliser")
+    def chunk(n, c, qs, ks, vs, g, beta, named, S):
+        bk = beta.expand(*ks.shape)[c] * ks[c]  # write keys
+        o, S_next, mid = wy_chunk_forward(qs[c], ks[c], vs[c], bk, g[c].cumsum(0), S, scale)
+        if intermediates is not None:
+            seen = intermediates.setdefault(n, {key: [] for key in ("h", "w", "u", "v_new")})
+            for key, x in (("h", S), ("w", mid["w"]), ("u", mid["u"]), ("v_new", mid["v_new"])):
+                seen[key].append(x)
+        return o, S_next
+
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    return _by_chunks(spec, chunk, q, k, v, initial_state, output_final_state, cu_seqlens, dtype, chunk_size, inputs)
+
+
+def _by_chunks(spec, chunk, q, k, v, initial_state, output_final_state, cu_seqlens, dtype, chunk_size, inputs):
+    """``run``'s results, each sequence chunk by chunk: ``chunk(n, c, q, k, v, g, beta, named, S)``
+    gives (o [C, HV, V], end state) of the chunk ``c`` (a slice) of sequence n from start state S,
+    with the sequence's q, k, v, log decay g [L, HV, K] (0 without decay), beta and raw inputs."""
     B, T, H, K = q.shape
     HV, V = v.shape[2], v.shape[3]
-    scale = K ** -0.5 if scale is None else scale
     outs = torch.zeros(B, T, HV, V, dtype=dtype, device=q.device)
     finals = []
     for n, b, sl, qs, ks, vs, gate, beta, named, S, _ in _sequences(spec, q, k, v, initial_state, cu_seqlens, dtype,
@@ -170,21 +186,13 @@ def run_chunked_delta(spec: Recurrence, q, k, v, scale=None, initial_state=None,
         g = torch.zeros(L, HV, K, dtype=dtype, device=q.device)
         if spec.decay is not Decay.NONE:
             g = g + (gate if torch.is_tensor(gate) else torch.tensor(float(gate), dtype=dtype, device=q.device))
-        bk = beta.expand(L, HV, K) * ks  # [L, HV, K] write keys
-        seen = {key: [] for key in ("h", "w", "u", "v_new")}
         o_seq = []
         for c0 in range(0, L, chunk_size):
-            c = slice(c0, min(c0 + chunk_size, L))
-            o, S_next, mid = wy_chunk_forward(qs[c], ks[c], vs[c], bk[c], g[c].cumsum(0), S, scale)
-            for key, x in (("h", S), ("w", mid["w"]), ("u", mid["u"]), ("v_new", mid["v_new"])):
-                seen[key].append(x)
+            o, S = chunk(n, slice(c0, min(c0 + chunk_size, L)), qs, ks, vs, g, beta, named, S)
             o_seq.append(o)
-            S = S_next
         if o_seq:
             outs[b, sl] = torch.cat(o_seq)
         finals.append(S)
-        if intermediates is not None:
-            intermediates[n] = seen
     return outs, (torch.stack(finals) if output_final_state else None)
 
 
@@ -275,25 +283,11 @@ def run_chunked_dplr(spec: Recurrence, q, k, v, scale=None, initial_state=None, 
     if not spec.low_rank or spec.delta or spec.bonus or spec.normalize:
         raise ValueError(f"{spec.name}: run_chunked_dplr evaluates a low-rank transition without the delta rule, "
                          "bonus or normaliser")
-    B, T, H, K = q.shape
-    HV, V = v.shape[2], v.shape[3]
-    scale = K ** -0.5 if scale is None else scale
-    outs = torch.zeros(B, T, HV, V, dtype=dtype, device=q.device)
-    finals = []
-    for n, b, sl, qs, ks, vs, gate, _, named, S, _ in _sequences(spec, q, k, v, initial_state, cu_seqlens, dtype,
-                                                                 inputs):
-        L = sl.stop - sl.start
-        g = torch.zeros(L, HV, K, dtype=dtype, device=q.device) + gate
-        a_in, b_in = named["a"], named["b"]
-        o_seq = []
-        for c0 in range(0, L, chunk_size):
-            c = slice(c0, min(c0 + chunk_size, L))
-            o, S = dplr_chunk_forward(qs[c], ks[c], vs[c], a_in[c], b_in[c], g[c], S, scale)
-            o_seq.append(o)
-        if o_seq:
-            outs[b, sl] = torch.cat(o_seq)
-        finals.append(S)
-    return outs, (torch.stack(finals) if output_final_state else None)
+    def chunk(n, c, qs, ks, vs, g, beta, named, S):
+        return dplr_chunk_forward(qs[c], ks[c], vs[c], named["a"][c], named["b"][c], g[c], S, scale)
+
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    return _by_chunks(spec, chunk, q, k, v, initial_state, output_final_state, cu_seqlens, dtype, chunk_size, inputs)
 
 
 def _dplr_parts(q, k, v, a, b, g, S0):
