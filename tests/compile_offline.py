@@ -1,4 +1,4 @@
-"""Compile generated chunked delta-rule kernels for a GPU target on a machine without one.
+"""Compile generated chunked delta-rule (and DPLR) kernels for a GPU target on a machine without one.
 
 Catches what fails to compile for the target (Triton's lowering, shared memory, ptxas), not
 what compiles to wrong code: run the GPU suite for that (tests/run_gpu.sh). Meant for a Triton
@@ -23,10 +23,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = ["delta_rule_l2norm", "gated_delta_rule_l2norm_gate_beta_sigmoid", "kda_l2norm_gate_beta_sigmoid",
-            "kda_gate_lower_bound_beta_2sigmoid"]
+            "kda_gate_lower_bound_beta_2sigmoid", "dplr"]
 DIMS = [(128, 128), (100, 48), (256, 64)]
 DTYPES = {"bf16": "*bf16", "fp16": "*fp16", "fp32": "*fp32"}
-STATE_ARGS = {"Tm", "P", "w", "u", "h", "v_new", "h0", "ht", "dh", "dv_new", "dht", "dh0", "dqs", "dw", "dbc", "sdh"}
+STATE_ARGS = {"Tm", "P", "Pk", "Aak", "w", "u", "h", "v_new", "h0", "ht", "dh", "dv_new", "dvk", "dht", "dh0", "dqs",
+              "dw", "dbc", "dkc", "sdh"}
 
 
 def _tile(n, cap):

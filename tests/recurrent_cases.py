@@ -132,13 +132,13 @@ FAMILIES = ["retention", "linear_attn", "linear_attn_normalized", "simple_gla", 
 # The chunked entry point of each family that has one, and how its keyword arguments differ.
 CHUNK_FAMILIES = ["retention", "linear_attn", "linear_attn_normalized", "simple_gla", "simple_gla_gamma", "gla",
                   "rwkv6", "delta_rule", "delta_rule_l2norm", "gated_delta_rule", "gated_delta_rule_gate", "kda",
-                  "kda_gate"]
+                  "kda_gate", "dplr", "rwkv7"]
 
 
 def chunked(family: str, fn, kwargs: dict):
     """(chunk_* function, its kwargs) for a case made by make_case."""
     name = {"linear_attn_normalized": "linear_attn", "simple_gla_gamma": "simple_gla", "delta_rule_l2norm": "delta_rule",
-            "gated_delta_rule_gate": "gated_delta_rule", "kda_gate": "kda"}.get(family, family)
+            "gated_delta_rule_gate": "gated_delta_rule", "kda_gate": "kda", "dplr": "dplr_delta_rule"}.get(family, family)
     kwargs = dict(kwargs)
     if family == "gla":
         kwargs["g"] = kwargs.pop("gk")

@@ -418,8 +418,7 @@ def test_decode_normaliser_state_is_a_pair(step):
 
 MODES = ("recurrent", "chunk")
 CHUNK_VARIANTS = ["retention", "linear_attn", "linear_attn_normalized", "simple_gla", "simple_gla_gamma", "mamba2",
-                  "gla", "hgrn2", "rwkv6", "delta_rule", "gated_delta_rule", "kda"]
-RECURRENT_ONLY = ["dplr"]
+                  "gla", "hgrn2", "rwkv6", "delta_rule", "gated_delta_rule", "kda", "dplr"]
 TOL, STATE_TOL = 1e-4, 1e-4          # fp32 kernels against float64 (as tests/recurrent_cases.py)
 HALF_TOL, HALF_STATE_TOL = 2e-2, 1e-3  # bf16 / fp16 inputs (as recurrent_cases.py states for bf16)
 DOUBLE_BACKWARD = r"(?i)twice|once_differentiable|double backward|second[- ]order|higher[- ]order"
@@ -1262,8 +1261,8 @@ def _reset_value(variant):
     return (_gate_name(variant), float("inf") if variant == "mamba2" else float("-inf"))
 
 
-RESET_CHUNK = ["simple_gla", "gla", "rwkv6", "hgrn2", "mamba2", "gated_delta_rule", "kda"]
-RESET_RECURRENT = RESET_CHUNK + ["dplr"]
+RESET_CHUNK = ["simple_gla", "gla", "rwkv6", "hgrn2", "mamba2", "gated_delta_rule", "kda", "dplr"]
+RESET_RECURRENT = RESET_CHUNK
 WHERE = ["t0", "mid_chunk", "chunk_boundary", "last", "span", "one_channel_always"]
 KEY_GATED = ("gla", "rwkv6", "hgrn2", "kda", "dplr")
 RESET = [("chunk", v, w) for v in RESET_CHUNK for w in WHERE if w != "one_channel_always" or v in KEY_GATED] + \
@@ -1364,11 +1363,12 @@ _V_LEAK = pytest.mark.xfail(strict=True, raises=AssertionError,
 # The chunked delta rule: the same through its residuals v_new (u = T v, w = T exp(G) k, then
 # P v_new), which a NaN or Inf in k, v, beta or the gate makes non-finite from its token on
 _DELTA_LEAK = pytest.mark.xfail(strict=True, raises=AssertionError,
-                                reason="chunked delta rule: NaN/Inf in k, v, beta, g reaches earlier rows of its chunk")
-NAN_CASES = [pytest.param("chunk", v, n, marks=(_DELTA_LEAK if BUILTINS[v].delta and n != "q" else
+                                reason="chunked WY form: NaN/Inf in k, v, beta, g, a, b reaches earlier rows of its chunk")
+_WY_FORM = {v for v in CHUNK_VARIANTS if BUILTINS[v].delta or BUILTINS[v].low_rank}
+NAN_CASES = [pytest.param("chunk", v, n, marks=(_DELTA_LEAK if v in _WY_FORM and n != "q" else
                                                 _V_LEAK if n == "v" else ()))
              for v in CHUNK_VARIANTS for n in _poisonable(v)] + \
-    [("recurrent", v, n) for v in CHUNK_VARIANTS + RECURRENT_ONLY for n in _poisonable(v)]
+    [("recurrent", v, n) for v in CHUNK_VARIANTS for n in _poisonable(v)]
 _clean_outputs = {}
 
 
@@ -1426,7 +1426,7 @@ def test_nan_in_initial_state_and_head_parameters(mode, variant):
 # --- half precision: bf16 (and fp16) inputs on the CPU -------------------------------------------
 
 HALF = [("chunk", v, d) for v in CHUNK_VARIANTS for d in ("bfloat16", "float16")] + \
-    [("recurrent", v, "bfloat16") for v in CHUNK_VARIANTS + RECURRENT_ONLY] + \
+    [("recurrent", v, "bfloat16") for v in CHUNK_VARIANTS] + \
     [("recurrent", v, "float16") for v in ("gla", "gated_delta_rule")]
 
 

@@ -166,12 +166,13 @@ def test_extreme_decays_every_dtype(variant, pattern, dtype):
 # tensor's largest value, as everywhere: tests/recurrent_cases.py).
 DELTA_TOL = {torch.float32: 1e-4, torch.float16: 2e-3, torch.bfloat16: 2e-2}
 DELTA_VARIANTS = ["delta_rule_l2norm", "gated_delta_rule_l2norm_gate_beta_sigmoid", "kda_l2norm_gate_beta_sigmoid",
-                  "kda_gate_lower_bound_beta_2sigmoid"]
+                  "kda_gate_lower_bound_beta_2sigmoid", "dplr"]
 
 
 def _delta_inputs(spec, B, T, HV, K, gen):
-    """Raw inputs of a delta-rule variant: beta in (0, 1) (or its raw input), log decays in
-    [-1, 0) (or the in-kernel gate's raw input, A_log from log(1..16)), dt_bias ~ N(0, 0.25)."""
+    """Raw inputs of a delta-rule or DPLR variant: beta in (0, 1) (or its raw input), log decays
+    in [-1, 0) (or the in-kernel gate's raw input, A_log from log(1..16)), dt_bias ~ N(0, 0.25);
+    RWKV7's low rank a = -kk, b = kk * (0..1) with kk a unit vector."""
     shapes = {"token": (B, T, HV), "token_key": (B, T, HV, K), "head": (HV,), "head_key": (HV, K)}
     out = {}
     for i in spec.inputs:
@@ -189,6 +190,9 @@ def _delta_inputs(spec, B, T, HV, K, gen):
             out[i.name] = n
         else:
             out[i.name] = u if i.name == "beta" else -(0.001 + u)
+    if spec.low_rank:
+        kk = F.normalize(torch.randn(B, T, HV, K, generator=gen, device="cuda"), dim=-1)
+        out["a"], out["b"] = -kk, kk * torch.rand(B, T, HV, 1, generator=gen, device="cuda")
     return out
 
 
@@ -228,7 +232,8 @@ def test_delta_rule_every_dtype(variant, dtype, K, V):
         close(f"d{name}", a, b, tol)
 
 
-@pytest.mark.parametrize("variant", ["gated_delta_rule_l2norm_gate_beta_sigmoid", "kda_l2norm_gate_beta_sigmoid"])
+@pytest.mark.parametrize("variant", ["gated_delta_rule_l2norm_gate_beta_sigmoid", "kda_l2norm_gate_beta_sigmoid",
+                                     "dplr"])
 def test_delta_rule_long_sequence(variant):
     """T = 16384 in bf16 (256 chunks walked by the state kernels): forward and backward."""
     spec = BUILTINS[variant]

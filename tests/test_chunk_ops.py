@@ -35,10 +35,20 @@ def test_chunk_sizes(family, chunk_size):
              chunk_size=chunk_size)
 
 
+@pytest.mark.parametrize("chunk_size", [16, 32])
+@pytest.mark.parametrize("family", ["gated_delta_rule_gate", "kda", "dplr"])
+def test_wy_chunk_sizes(family, chunk_size):
+    """The WY form's other chunk sizes (64 is the default): several chunks per sequence, a last
+    chunk that ends mid-way, varlen with an empty sequence."""
+    run_case(family, Shape(B=1, T=150, H=1, HV=1, K=20, V=24), True, [0, 61, 61, 150], True, chunk=True,
+             chunk_size=chunk_size)
+
+
 @pytest.mark.parametrize("family", CHUNK_FAMILIES)
 def test_chunked_equals_recurrent(family):
     """The chunked and token-by-token kernels agree on the same inputs, gradients included."""
     fn, kwargs, _, _ = make_case(family, Shape(B=2, T=70, H=1, HV=2, K=24, V=40), strong=True)
+    kwargs.pop("output_final_state", None)  # (rwkv7's case sets it)
     cfn, ckwargs = chunked(family, fn, kwargs)
     leaves = [x for x in kwargs.values() if torch.is_tensor(x) and x.is_floating_point()]
     for x in leaves:
@@ -65,7 +75,8 @@ def test_chunked_equals_recurrent(family):
         close(f"grad {name}", a, b.float(), TOL)
 
 
-@pytest.mark.parametrize("family", ["simple_gla", "gla", "rwkv6", "retention", "linear_attn_normalized"])
+@pytest.mark.parametrize("family", ["simple_gla", "gla", "rwkv6", "retention", "linear_attn_normalized",
+                                    "gated_delta_rule", "kda", "dplr"])
 @pytest.mark.parametrize("t", [5, 21])
 def test_causality(family, t):
     """Changing inputs at positions >= t (gates included) changes neither the outputs before t
@@ -98,7 +109,8 @@ def test_causality(family, t):
             assert torch.equal(a, b), f"d{n} changed"
 
 
-@pytest.mark.parametrize("family", ["simple_gla", "gla", "rwkv6", "linear_attn_normalized"])
+@pytest.mark.parametrize("family", ["simple_gla", "gla", "rwkv6", "linear_attn_normalized", "gated_delta_rule", "kda",
+                                    "dplr"])
 def test_continuation(family):
     """A prefill in two calls, the state handed over mid-chunk, equals one call (FLA issue 494)."""
     fn, kwargs, _, _ = make_case(family, Shape(B=2, T=50, H=1, HV=2, K=16, V=16), strong=True)
@@ -139,27 +151,49 @@ GATE_INPUTS = {"gla": {"g": lambda g: g}, "rwkv6": {"w": lambda g: g}, "simple_g
                "hgrn2": {"f": lambda g: g - torch.log1p(-torch.exp(g))}}  # logsigmoid(f) = g
 
 
+def _wy_inputs(variant, log_decay, gen):
+    """The delta rule's beta in (0, 1), or RWKV7's low rank a = -kk, b = kk * (0..1), beside the
+    log decay (per head for gated_delta_rule)."""
+    B, T, HV, K = log_decay.shape
+    if variant == "dplr":
+        kk = F.normalize(torch.randn(B, T, HV, K, generator=gen, dtype=torch.float64), dim=-1)
+        return {"gk": log_decay, "a": -kk, "b": kk * torch.rand(B, T, HV, 1, generator=gen, dtype=torch.float64)}
+    beta = torch.rand(B, T, HV, generator=gen, dtype=torch.float64)
+    return {"g": log_decay[..., 0] if variant == "gated_delta_rule" else log_decay, "beta": beta}
+
+
 @pytest.mark.parametrize("pattern", GATE_PATTERNS)
-@pytest.mark.parametrize("variant", ["gla", "rwkv6", "simple_gla", "hgrn2"])
+@pytest.mark.parametrize("variant", ["gla", "rwkv6", "simple_gla", "hgrn2", "gated_delta_rule", "kda", "dplr"])
 def test_extreme_decays(variant, pattern):
     """Any log decay <= 0, -inf (a hard reset) included, gives the reference's finite answer:
     output, final state and every gradient, with an initial state, over chunks of 64 and 16."""
-    if variant in ("simple_gla",) and pattern == "one_channel_minus8":
+    if variant in ("simple_gla", "gated_delta_rule") and pattern == "one_channel_minus8":
         pytest.skip("a per-key pattern")
     spec = BUILTINS[variant]
     gen = torch.Generator().manual_seed(0)
     B, T, HV, K, V = 1, 130, 1, 32, 16
     q, k = (torch.randn(B, T, 1, K, generator=gen).to(DEVICE, DTYPE) for _ in range(2))
+    if spec.delta:  # unit keys: the delta rule's transition is then a contraction
+        k = F.normalize(k.float(), dim=-1).to(DTYPE)
     v = torch.randn(B, T, HV, V, generator=gen).to(DEVICE, DTYPE)
     h0 = torch.randn(B, HV, K, V, generator=gen).to(DEVICE)
     log_decay = _log_gates(pattern, (B, T, HV, K), gen)
-    inputs = {n: f(log_decay).to(DEVICE, torch.float32) for n, f in GATE_INPUTS[variant].items()}
+    if variant in GATE_INPUTS:
+        inputs = {n: f(log_decay).to(DEVICE, torch.float32) for n, f in GATE_INPUTS[variant].items()}
+    else:
+        inputs = {n: x.to(DEVICE, torch.float32) for n, x in _wy_inputs(variant, log_decay, gen).items()}
     if variant == "rwkv6":
         inputs["u"] = torch.randn(HV, K, generator=gen).to(DEVICE)
+    _chunks_against_reference(variant, q, k, v, h0, inputs, gen)
+
+
+def _chunks_against_reference(variant, q, k, v, h0, inputs, gen):
+    """The chunked op, chunks of 64 and 16, against the float64 reference (finite): output,
+    final state and every gradient (through both), fp32 tolerances."""
     leaves = [q, k, v, h0, *inputs.values()]
     for x in leaves:
         x.requires_grad_(True)
-    ro, rht = reference.run(spec, q, k, v, initial_state=h0, output_final_state=True, **inputs)
+    ro, rht = reference.run(BUILTINS[variant], q, k, v, initial_state=h0, output_final_state=True, **inputs)
     do = torch.randn(ro.shape, generator=gen).to(DEVICE)
     dht = torch.randn(rht.shape, generator=gen).to(DEVICE)
     theirs = torch.autograd.grad((ro * do).sum() + (rht * dht).sum(), leaves)
@@ -262,10 +296,11 @@ def test_bf16_inputs(family):
     """bf16 q/k/v (on the CPU the interpreter's bf16 tl.dot is wrong: the chunked op computes in
     fp32 there) against the float64 reference, with bf16's tolerance."""
     fn, kwargs, variant, ref_map = make_case(family, Shape(B=1, T=37, H=1, HV=2, K=16, V=20), strong=True)
-    kwargs = {n: x.bfloat16() if n in ("q", "r", "k", "v") else x for n, x in kwargs.items()}
+    kwargs = {n: x.bfloat16() if n in ("q", "r", "k", "v") else x for n, x in kwargs.items()
+              if n != "output_final_state"}  # (rwkv7's case sets it)
     cfn, ckwargs = chunked(family, fn, kwargs)
-    ro, rht = reference.run(BUILTINS[variant], *qkv(kwargs), output_final_state=True,
-                            **reference_inputs(kwargs, ref_map))
+    ro, rht = reference.run(BUILTINS[variant], *qkv(kwargs), scale=1.0 if family == "rwkv7" else None,
+                            output_final_state=True, **reference_inputs(kwargs, ref_map))
     for run, kw in ((fn, kwargs), (cfn, ckwargs)):
         o, ht = run(**kw, output_final_state=True)
         assert o.dtype == torch.bfloat16
@@ -380,9 +415,32 @@ def test_chunk_options_are_checked():
     fn, kwargs = chunked("gla", fn, kwargs)
     with pytest.raises(ValueError, match="chunk_size"):
         fn(**kwargs, chunk_size=48)
+    # a low-rank transition without decay: no chunked kernels (the WY form takes a per-key decay)
+    from flagen.ir.spec import Decay, Input, Recurrence, Shape as In
+    spec = Recurrence(name="low_rank_without_decay", inputs=(Input("a", In.TOKEN_KEY), Input("b", In.TOKEN_KEY)),
+                      decay=Decay.NONE, low_rank=True)
     with pytest.raises(NotImplementedError, match="low-rank"):
-        get_op("dplr").chunk(*qkv(kwargs), gk=kwargs["g"], a=kwargs["g"], b=kwargs["g"])
+        get_op(spec).chunk(*qkv(kwargs), a=kwargs["g"], b=kwargs["g"])
     with pytest.raises(ValueError, match="chunk_size"):  # (16, 32 or 64 for the delta rule)
         get_op("gated_delta_rule").chunk(*qkv(kwargs), g=kwargs["g"][..., 0], beta=kwargs["g"][..., 0], chunk_size=128)
     with pytest.raises(ValueError, match="`g`"):
         fn(**{**kwargs, "g": kwargs["g"][..., :8]})
+
+
+@pytest.mark.parametrize("variant", ["gated_delta_rule_beta_2sigmoid", "kda_beta_2sigmoid"])
+def test_beta_near_2_and_nearly_parallel_keys(variant):
+    """The triangular inverse at its hardest: beta in (1.96, 2) (2 sigmoid of raw inputs near 4,
+    negative eigenvalues) and keys within 0.1 radian of one direction over chunks of 64 and 16:
+    output, final state and every gradient against float64, at the fp32 tolerance."""
+    spec = BUILTINS[variant]
+    gen = torch.Generator().manual_seed(2)
+    B, T, H, HV, K, V = 1, 130, 1, 2, 32, 16
+    q = torch.randn(B, T, H, K, generator=gen).to(DEVICE, DTYPE)
+    k = torch.randn(K, generator=gen) + 0.1 * torch.randn(B, T, H, K, generator=gen)
+    k = F.normalize(k, dim=-1).to(DEVICE, DTYPE)
+    v = torch.randn(B, T, HV, V, generator=gen).to(DEVICE, DTYPE)
+    h0 = torch.randn(B, HV, K, V, generator=gen).to(DEVICE)
+    gate_shape = (B, T, HV, K) if spec.decay.value == "key" else (B, T, HV)
+    inputs = {"g": (-0.1 * torch.rand(gate_shape, generator=gen)).to(DEVICE),
+              "beta": (4 + torch.rand(B, T, HV, generator=gen)).to(DEVICE)}
+    _chunks_against_reference(variant, q, k, v, h0, inputs, gen)

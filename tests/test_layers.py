@@ -24,8 +24,6 @@ from fla.models import Cache
 from recurrent_cases import DEVICE, DTYPE, TOL
 from test_user_variant import SPECS as USER_SPECS
 
-# RWKV7's layer runs its token-by-token kernels, with a warning, until chunked DPLR kernels land
-pytestmark = pytest.mark.filterwarnings("ignore:.*no chunked kernels")
 RECORDS = json.loads((Path(__file__).parent / "records" / "fla060_layouts.json").read_text())["layers"]
 OURS = [name for name in RECORDS if hasattr(layers, name)]
 # a small configuration of each layer for the numerical tests (two heads, GQA where offered):

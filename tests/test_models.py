@@ -24,8 +24,6 @@ FAMILIES = {cfg.model_type: (cfg, model, causal) for cfg, model, causal in model
 GENERIC = {"transformers_version", "architectures", "output_hidden_states", "return_dict", "dtype",
            "chunk_size_feed_forward", "is_encoder_decoder", "id2label", "label2id", "problem_type", "_name_or_path",
            "output_attentions"}
-# RWKV7 trains through its token-by-token kernels until chunked DPLR kernels land
-pytestmark = pytest.mark.filterwarnings("ignore:.*no chunked kernels")
 # tiny configurations for the runs (head dims the interpreter is quick with)
 TINY = dict(hidden_size=32, num_hidden_layers=2, vocab_size=48, num_heads=2, max_position_embeddings=64)
 TINY_EXTRA = {"gated_deltanet": dict(head_dim=16), "kda": dict(head_dim=16), "hgrn2": dict(expand_ratio=None),

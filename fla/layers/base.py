@@ -5,7 +5,6 @@ forward pass around a family's mixing step (padding packed away, cache read and 
 from __future__ import annotations
 
 import math
-import warnings
 
 import torch
 import torch.nn as nn
@@ -20,16 +19,6 @@ def dt_bias_init(n, dt_min=1e-3, dt_max=0.1, dt_init_floor=1e-4):
     """Mamba's dt bias [n]: softplus^-1 of dt drawn log-uniformly in [dt_min, dt_max]."""
     dt = torch.exp(torch.rand(n) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp_min(dt_init_floor)
     return dt + torch.log(-torch.expm1(-dt))
-
-
-def chunk_or_recurrent(chunk_fn, recurrent_fn, name):
-    """``chunk_fn``, or while a family has no chunked kernels yet (None), ``recurrent_fn`` with a
-    warning: the same results, token by token (slower to train and prefill)."""
-    if chunk_fn is not None:
-        return chunk_fn
-    warnings.warn(f"{name}: no chunked kernels for this family yet; running the token-by-token kernels "
-                  "(the same results, slower to train and prefill)", stacklevel=3)
-    return recurrent_fn
 
 
 class QKVLayer(nn.Module):

@@ -12,7 +12,6 @@ import torch.nn as nn
 from einops import rearrange
 
 import fla.ops.rwkv7 as rwkv7_ops
-from fla.layers.base import chunk_or_recurrent
 from fla.layers.rwkv6 import LoRA
 from fla.layers.utils import layer_state, repad, store_state, unpad
 from fla.modules import GroupNorm, l2norm
@@ -138,7 +137,7 @@ class RWKV7Attention(nn.Module):
         common = dict(scale=1.0, initial_state=h0, output_final_state=use_cache, cu_seqlens=cu)
         kernel = rwkv7_ops.fused_recurrent_rwkv7
         if T > 64 or torch.is_grad_enabled():
-            kernel = chunk_or_recurrent(getattr(rwkv7_ops, "chunk_rwkv7", None), kernel, "RWKV7Attention")
+            kernel = rwkv7_ops.chunk_rwkv7
         o, recurrent_state = kernel(r, w, k, v, -kk, kk * a, **common)
         store_state(self, past_key_values, recurrent_state=recurrent_state,
                     conv_state=last_tokens(x, cu, shift_cache) if use_cache else None, offset=T)

@@ -132,14 +132,16 @@ def context(spec: Recurrence) -> dict:
         grads.append(dict(row, chain=chain, grad_layout=_GRAD_LAYOUT[i.shape]))
 
     # The decay families' chunked kernels cover the recurrences without the delta rule or a
-    # low-rank term; chunk_delta.py.j2 the delta rule with an inclusive readout and a beta per
-    # token (the gate's and beta's per-token inputs apart: each kernel loads them in its shape).
+    # low-rank term; chunk_delta.py.j2 (WY form) the delta rule with an inclusive readout and a
+    # beta per token (the gate's and beta's per-token inputs apart: each kernel loads them in
+    # its shape), and diagonal plus low rank with a per-key decay.
     gate_inputs = {s.name for s in spec.gate.free_symbols} if spec.gate is not None else set()
     beta_inputs = {s.name for s in spec.beta.free_symbols} if spec.beta is not None else set()
     token_inputs = {i.name for i in spec.inputs if i.shape.per_token}
     chunked = not spec.delta and not spec.low_rank
-    chunk_delta = (spec.delta and not spec.low_rank and not spec.bonus and not spec.normalize
-                   and not spec.beta_per_key and not (gate_inputs & beta_inputs & token_inputs))
+    wy_form = (spec.delta and not spec.low_rank) or (spec.low_rank and not spec.delta and spec.decay is Decay.KEY)
+    chunk_delta = (wy_form and not spec.bonus and not spec.normalize and not spec.beta_per_key
+                   and not (gate_inputs & beta_inputs & token_inputs))
     chunk_head_inputs = [row for row in inputs if not row["per_token"]]
     chunk_grads = [dict(g, dvar=gate["dvars"].get(g["name"]) if gate else None,
                         chunk_layout=_CHUNK_GRAD_LAYOUT[spec.input(g["name"]).shape]) for g in grads]

@@ -41,7 +41,8 @@ def _state_tiles(K: int, V: int) -> tuple[int, int, dict]:
 
 
 def _wy(op, q, k, v, inputs, chunks, meta):
-    """Run chunk_delta_wy: (Tm, P [B*T, HV, BT], w [B*T, HV, K], u [B*T, HV, V]), fp32."""
+    """Run chunk_delta_wy: (Tm, P [B*T, HV, BT], w [B*T, HV, K], u [B*T, HV, V], low) in fp32,
+    ``low`` the low-rank form's P_k and A_ak [B*T, HV, BT] ({} without it)."""
     B, T, H, K = q.shape
     HV, V = v.shape[2], v.shape[3]
     f32 = dict(dtype=torch.float32, device=q.device)
@@ -49,13 +50,14 @@ def _wy(op, q, k, v, inputs, chunks, meta):
     P = torch.empty_like(Tm)
     w = torch.empty(B * T, HV, K, **f32)
     u = torch.empty(B * T, HV, V, **f32)
+    low = dict(Pk=torch.empty_like(Tm), Aak=torch.empty_like(Tm)) if op.module.LOW_RANK else {}
     if chunks.NC:
         op.module.KERNELS["chunk_delta_wy"][chunks.grid](
-            q, k, v, *inputs, Tm, P, w, u, meta["cu"], chunks.indices, T,
+            q, k, v, *inputs, Tm, P, *low.values(), w, u, meta["cu"], chunks.indices, T,
             H=H, HV=HV, K=K, V=V, BT=chunks.BT, BK=_tile(K, TILE), BV=_tile(V, TILE),
             IS_VARLEN=meta["cu"] is not None, num_warps=4,
         )
-    return Tm, P, w, u
+    return Tm, P, w, u, low
 
 
 def _states(op, q, k, v, inputs, w, u, h0, chunks, meta, store_ht):
@@ -106,13 +108,14 @@ class _ChunkedDelta(torch.autograd.Function):
         _warn_unchecked(q.device)
         chunks = Chunks.of(meta["lens"], meta["cu"] is not None, B, T, HV, BT, q.device)
         inputs = op.kernel_inputs(raw, meta)
-        Tm, P, w, u = _wy(op, q, k, v, inputs, chunks, meta)
+        Tm, P, w, u, low = _wy(op, q, k, v, inputs, chunks, meta)
         h, v_new, ht = _states(op, q, k, v, inputs, w, u, h0, chunks, meta, meta["output_final_state"])
         o = torch.empty_like(v)
         if chunks.NC:
             BV = _tile(V, TILE)
             op.module.KERNELS["chunk_delta_fwd_o"][(*chunks.grid, cdiv(V, BV))](
-                q, k, v, *inputs, h, P, v_new, o, meta["cu"], chunks.indices, meta["scale"], T,
+                q, k, v, *inputs, h, P, *([low["Pk"]] if low else []), v_new, o, meta["cu"], chunks.indices,
+                meta["scale"], T,
                 H=H, HV=HV, K=K, V=V, BT=BT, BK=_tile(K, TILE), BV=BV, IS_VARLEN=meta["cu"] is not None,
                 num_warps=4,
             )
@@ -135,14 +138,17 @@ class _ChunkedDelta(torch.autograd.Function):
         do = do.contiguous()
         f32 = dict(dtype=torch.float32, device=q.device)
 
-        Tm, P, w, u = _wy(op, q, k, v, inputs, chunks, meta)
+        Tm, P, w, u, low = _wy(op, q, k, v, inputs, chunks, meta)
         h, v_new, _ = _states(op, q, k, v, inputs, w, u, h0, chunks, meta, False)
+        # the low-rank form's v shares through the end states, and products with dS_end
+        dvk = torch.empty_like(v_new) if low else None
         dh = torch.empty_like(h)
         dv_new = torch.empty_like(v_new)
         dh0 = torch.empty(N, HV, K, V, **f32) if h0 is not None else None
         BKs, BVs, Ws = _state_tiles(K, V)
         kern["chunk_delta_bwd_dh"][(cdiv(V, BVs), N * HV)](
-            q, k, v, *inputs, w, P, do, dh, dv_new, dht.contiguous() if dht is not None else None, dh0,
+            q, k, v, *inputs, w, P, do, dh, dv_new, *([dvk] if low else []),
+            dht.contiguous() if dht is not None else None, dh0,
             cu, chunks.offsets, meta["scale"], T,
             H=H, HV=HV, K=K, V=V, BT=BT, BK=BKs, BV=BVs, IS_VARLEN=varlen,
             USE_DHT=dht is not None, STORE_DH0=dh0 is not None, **Ws,
@@ -159,12 +165,15 @@ class _ChunkedDelta(torch.autograd.Function):
             BK, BV = _tile(K, TILE), _tile(V, TILE)
             dqs, dw, dbc = (torch.empty(NT, HV, K, **f32) for _ in range(3))
             sdh = torch.empty(NC, HV, K, **f32)
+            dkc = torch.empty_like(dqs) if low else None
             kern["chunk_delta_bwd_dw"][(*chunks.grid, cdiv(K, BK))](
-                h, dh, do, v_new, dv_new, dqs, dw, dbc, sdh, cu, chunks.indices, meta["scale"], T,
+                h, dh, do, *([v] if low else []), v_new, dv_new, dqs, dw, dbc, *([dkc] if low else []), sdh, cu,
+                chunks.indices, meta["scale"], T,
                 H=H, HV=HV, K=K, V=V, BT=BT, BK=BK, BV=BV, IS_VARLEN=varlen, num_warps=4,
             )
             kern["chunk_delta_bwd_wy"][chunks.grid](
-                q, k, v, *inputs, Tm, P, v_new, dv_new, do, dqs, dw, dbc, sdh, dq, dk, dv, *grads.values(),
+                q, k, v, *inputs, Tm, P, *low.values(), *([dvk, dkc] if low else []), v_new, dv_new, do, dqs, dw,
+                dbc, sdh, dq, dk, dv, *grads.values(),
                 cu, chunks.indices, meta["scale"], T,
                 H=H, HV=HV, K=K, V=V, BT=BT, BK=BK, BV=BV, IS_VARLEN=varlen, num_warps=4,
             )

@@ -209,13 +209,14 @@ class RecurrentOp:
         each pass's default (``flagen.runtime.chunked.chunk_sizes``)."""
         if not self.module.CHUNKED:
             raise NotImplementedError(f"{self.name}: no chunked kernels yet for this recurrence (a low-rank "
-                                      "transition, or the delta rule with a bonus, normaliser or per-key beta); "
-                                      "call the op (fused recurrent) instead")
-        delta = getattr(self.module, "DELTA", False)
-        sizes = chunked_delta.CHUNK_SIZES if delta else (16, 32, 64, 128)
+                                      "transition without a per-key decay or with the delta rule, or the delta "
+                                      "rule with a bonus, normaliser or per-key beta); call the op (fused "
+                                      "recurrent) instead")
+        wy = getattr(self.module, "WY", False)  # the delta rule's / low rank's WY-form kernels
+        sizes = chunked_delta.CHUNK_SIZES if wy else (16, 32, 64, 128)
         if chunk_size is not None and (not checks.integer(chunk_size) or chunk_size not in sizes):
             raise ValueError(f"`chunk_size` must be one of {sizes} (or None) for {self.name}, got {chunk_size!r}")
-        return self._run(_ChunkedDelta if delta else _Chunked, dict(chunk_size=chunk_size and int(chunk_size)),
+        return self._run(_ChunkedDelta if wy else _Chunked, dict(chunk_size=chunk_size and int(chunk_size)),
                          q, k, v, scale, initial_state, output_final_state, cu_seqlens, reverse, inputs)
 
     def _run(self, function, options, q, k, v, scale, initial_state, output_final_state, cu_seqlens, reverse,

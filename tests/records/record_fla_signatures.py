@@ -46,6 +46,8 @@ OPS = {
     "chunk_delta_rule": "delta_rule",
     "chunk_gated_delta_rule": "gated_delta_rule",
     "chunk_kda": "kda",
+    "chunk_dplr_delta_rule": "generalized_delta_rule",
+    "chunk_rwkv7": "rwkv7",
     "fused_recurrent_retention": "retention",
     "fused_recurrent_linear_attn": "linear_attn",
     "fused_recurrent_simple_gla": "simple_gla",
