@@ -27,7 +27,7 @@ SHAPES = [(4, 2048, 16, 128), (2, 16384, 16, 128)]  # B, T, H, D
 # Linear use it.
 OPS = ["chunk_retention", "chunk_simple_gla", "chunk_gla", "chunk_linear_attn", "chunk_linear_attn+normalize",
        "chunk_lightning_attn", "chunk_rwkv6", "chunk_delta_rule", "chunk_gated_delta_rule",
-       "chunk_gated_delta_rule+gate", "chunk_kda", "chunk_kda+gate"]
+       "chunk_gated_delta_rule+gate", "chunk_kda", "chunk_kda+gate", "chunk_rwkv7"]
 
 
 def fla_function(name):
@@ -76,9 +76,14 @@ def make_inputs(name, B, T, H, D, torch, F):
             else:
                 kw["g"] = (F.logsigmoid(torch.randn(*gate_shape, device=dev, generator=gen)) / 16).to(dt)
             grads.append(kw["g"])
+    elif name == "chunk_rwkv7":  # as RWKV7Attention calls it: a = -kk, b = kk * a_rate
+        kk = F.normalize(torch.randn(B, T, H, D, device=dev, generator=gen), dim=-1)
+        kw["w"] = (F.logsigmoid(torch.randn(B, T, H, D, device=dev, generator=gen)) / 16).to(dt)
+        kw["a"], kw["b"] = (-kk).to(dt), (kk * torch.rand(B, T, H, 1, device=dev, generator=gen)).to(dt)
+        grads += [kw["w"], kw["a"], kw["b"]]
     for x in grads:
         x.requires_grad_(True)
-    args = dict(r=q, k=k, v=v) if name == "chunk_rwkv6" else dict(q=q, k=k, v=v)
+    args = dict(r=q, k=k, v=v) if name in ("chunk_rwkv6", "chunk_rwkv7") else dict(q=q, k=k, v=v)
     return args, kw, grads
 
 
