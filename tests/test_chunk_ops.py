@@ -444,3 +444,39 @@ def test_beta_near_2_and_nearly_parallel_keys(variant):
     inputs = {"g": (-0.1 * torch.rand(gate_shape, generator=gen)).to(DEVICE),
               "beta": (4 + torch.rand(B, T, HV, generator=gen)).to(DEVICE)}
     _chunks_against_reference(variant, q, k, v, h0, inputs, gen)
+
+
+def test_per_key_gate_with_a_per_key_head_parameter():
+    """A user's per-key decay whose gate takes a per-head, per-key parameter (KDA's gate on GLA:
+    -exp(A_log) softplus(g + dt_bias), dt_bias [HV, K]): the kernels that walk a sequence hold
+    their gates as [BK, BT] blocks, so that parameter must load as a [BK, 1] column (as a [BK]
+    row it failed to broadcast, or with BK = BT would have broadcast along the tokens).
+    Output, final state and every gradient against float64, K = 64 = BT included."""
+    import sympy as sp
+    from flagen.ir.functions import softplus
+    from flagen.ir.spec import Decay, Input, Recurrence, Shape as In
+    g, A_log, dt_bias = sp.symbols("g A_log dt_bias")
+    spec = Recurrence(name="gla_softplus_gate", decay=Decay.KEY, gate=-sp.exp(A_log) * softplus(g + dt_bias),
+                      inputs=(Input("g", In.TOKEN_KEY), Input("A_log", In.HEAD), Input("dt_bias", In.HEAD_KEY)))
+    gen = torch.Generator().manual_seed(4)
+    for K in (20, 64):
+        B, T, H, V = 1, 70, 2, 16
+        q, k = (torch.randn(B, T, H, K, generator=gen).to(DEVICE, DTYPE) for _ in range(2))
+        v = torch.randn(B, T, H, V, generator=gen).to(DEVICE, DTYPE)
+        h0 = torch.randn(B, H, K, V, generator=gen).to(DEVICE)
+        inputs = {"g": torch.randn(B, T, H, K, generator=gen).to(DEVICE),
+                  "A_log": torch.rand(H, generator=gen).to(DEVICE),
+                  "dt_bias": torch.randn(H, K, generator=gen).to(DEVICE)}
+        leaves = [q, k, v, h0, *inputs.values()]
+        for x in leaves:
+            x.requires_grad_(True)
+        o, ht = get_op(spec).chunk(q, k, v, initial_state=h0, output_final_state=True, **inputs)
+        ro, rht = reference.run(spec, q, k, v, initial_state=h0, output_final_state=True, **inputs)
+        close("o", o, ro, TOL)
+        close("final_state", ht, rht, STATE_TOL)
+        do = torch.randn(o.shape, generator=gen).to(DEVICE)
+        dht = torch.randn(ht.shape, generator=gen).to(DEVICE)
+        ours = torch.autograd.grad((o * do).sum() + (ht * dht).sum(), leaves)
+        theirs = torch.autograd.grad((ro * do).sum() + (rht * dht).sum(), leaves)
+        for name, a, b in zip(["q", "k", "v", "h0", *inputs], ours, theirs):
+            close(f"d{name} (K {K})", a, b, TOL)
