@@ -101,7 +101,9 @@ def device_ms(fn, torch, reps=20, grad_to_none=()):
     return round(sum(e.self_device_time_total for e in prof.key_averages()) / reps / 1000, 4)
 
 
-def bench_fla(args, torch, F, bench):
+def bench_fla(args, torch, F, bench, save):
+    """Time each op and shape; ``save(results)`` after every row, so that a run stopped at its
+    time limit keeps what it measured."""
     results = []
     for name in args.ops.split(","):
         try:
@@ -137,6 +139,7 @@ def bench_fla(args, torch, F, bench):
                 row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
             print(json.dumps(row), flush=True)
             results.append(row)
+            save(results)
             torch.cuda.empty_cache()
     return results
 
@@ -181,17 +184,21 @@ def main():
 
     env = dict(impl=args.impl, device=torch.cuda.get_device_name(), torch=torch.__version__,
                triton=triton.__version__)
+
+    def save(results):
+        with open(args.out, "w") as f:
+            json.dump(dict(env=env, results=results), f, indent=1)
+
     if args.impl != "sdpa":
         import fla
         # where the package came from, without this machine's paths
         root = args.fla_path if args.impl == "fla" else os.getcwd()
         env["fla_file"] = ("<--fla-path>/" if args.impl == "fla" else "") + os.path.relpath(fla.__file__, root)
         env["fla_version"] = getattr(fla, "__version__", "?")
-        results = bench_fla(args, torch, F, bench)
+        results = bench_fla(args, torch, F, bench, save)
     else:
         results = bench_sdpa(torch, F, bench)
-    with open(args.out, "w") as f:
-        json.dump(dict(env=env, results=results), f, indent=1)
+    save(results)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Compile generated chunked delta-rule (and DPLR) kernels for a GPU target on a machine without one.
 
-Catches what fails to compile for the target (Triton's lowering, shared memory, ptxas), not
-what compiles to wrong code: run the GPU suite for that (tests/run_gpu.sh). Meant for a Triton
+Catches what fails to compile for the target (Triton's lowering, ptxas) or needs more shared
+memory than an H100/H200 block may have (227 KiB), not what compiles to wrong code: run the GPU suite for that (tests/run_gpu.sh). Meant for a Triton
 other than the project's (the GPU's, e.g. 3.6 for an H200), installed apart::
 
     python -m pip download --no-deps triton==3.6.0 -d .whl
@@ -10,7 +10,8 @@ other than the project's (the GPU's, e.g. 3.6 for an H200), installed apart::
 
 The generated modules (generated/<variant>.py) are loaded by path with that Triton first on
 sys.path. Every chunked delta-rule kernel is compiled for sm_90 in bf16, fp16 and fp32, with
-head dims 128/128, 100/48 and 256/64, fixed-length and packed, with the runtime's tiles.
+head dims 16/16, 128/128, 100/48, 256/64 and 256/256, chunk sizes 16, 32 and 64, fixed-length
+and packed, with the runtime's tiles and launch options (chunked_delta.launch_config).
 """
 
 from __future__ import annotations
@@ -24,31 +25,31 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = ["delta_rule_l2norm", "gated_delta_rule_l2norm_gate_beta_sigmoid", "kda_l2norm_gate_beta_sigmoid",
             "kda_gate_lower_bound_beta_2sigmoid", "dplr"]
-DIMS = [(128, 128), (100, 48), (256, 64)]
+DIMS = [(16, 16), (128, 128), (100, 48), (256, 64), (256, 256)]
+CHUNK_SIZES = [16, 32, 64]
+SMEM_LIMIT = 232448  # bytes a block may use on sm_90 (H100, H200)
+LARGEST = [0, ""]  # the most shared memory a kernel took, and which
 DTYPES = {"bf16": "*bf16", "fp16": "*fp16", "fp32": "*fp32"}
 STATE_ARGS = {"Tm", "P", "Pk", "Aak", "w", "u", "h", "v_new", "h0", "ht", "dh", "dv_new", "dvk", "dht", "dh0", "dqs",
               "dw", "dbc", "dkc", "sdh"}
 
 
-def _tile(n, cap):
-    return max(32, min(cap, 1 << (n - 1).bit_length()))
-
-
 def compile_module(triton, path: Path, dtypes: dict, failures: list) -> int:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
+
+    from flagen.runtime.chunked_delta import launch_config
     spec = importlib.util.spec_from_file_location(f"offline_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     kinds = dict(module.INPUTS)
     count = 0
-    for (K, V), (dname, dt), varlen in itertools.product(DIMS, dtypes.items(), (False, True)):
+    for (K, V), BT, (dname, dt), varlen in itertools.product(DIMS, CHUNK_SIZES, dtypes.items(), (False, True)):
         for kind in ("wy", "fwd_h", "fwd_o", "bwd_dh", "bwd_dw", "bwd_wy"):
             fn = module.KERNELS[f"chunk_delta_{kind}"]
-            state = kind in ("fwd_h", "bwd_dh")
-            BK = _tile(K, 1 << 30) if state else _tile(K, 64)
-            BV = _tile(V, 32) if state else _tile(V, 64)
-            consts = dict(H=1, HV=2, K=K, V=V, BT=64, BK=BK, BV=BV, IS_VARLEN=varlen, USE_H0=True, STORE_HT=True,
+            config = launch_config(kind, K, V, BT)
+            options = {n: config.pop(n) for n in ("num_warps", "num_stages") if n in config}
+            consts = dict(H=1, HV=2, K=K, V=V, BT=BT, **config, IS_VARLEN=varlen, USE_H0=True, STORE_HT=True,
                           USE_DHT=True, STORE_DH0=True)
             signature, constexprs = {}, {}
             for name in fn.arg_names:
@@ -71,35 +72,46 @@ def compile_module(triton, path: Path, dtypes: dict, failures: list) -> int:
                     signature[name] = "i32"
                 else:
                     raise KeyError(f"{fn.__name__}: no type for argument {name}")
-            warps = 8 if state and BK >= 256 else 4
-            label = f"{path.stem}.{kind} K{K} V{V} {dname}{' varlen' if varlen else ''}"
+            label = f"{path.stem}.{kind} K{K} V{V} BT{BT} {dname}{' varlen' if varlen else ''}"
             try:
-                triton.compile(ASTSource(fn, signature, constexprs), target=GPUTarget("cuda", 90, 32),
-                               options=dict(num_warps=warps))
+                kernel = triton.compile(ASTSource(fn, signature, constexprs), target=GPUTarget("cuda", 90, 32),
+                                        options=options)
                 count += 1
             except Exception:
                 failures.append(label)
                 print(f"FAILED {label}\n{traceback.format_exc(limit=3)}", flush=True)
+                continue
+            LARGEST[:] = max(LARGEST, [kernel.metadata.shared, label])
+            if kernel.metadata.shared > SMEM_LIMIT:
+                failures.append(label)
+                print(f"FAILED {label}: {kernel.metadata.shared} bytes of shared memory > {SMEM_LIMIT}", flush=True)
     return count
 
 
 def main(argv):
     sys.path.insert(0, argv[1])
+    sys.path.insert(1, str(ROOT))
     import triton
     assert Path(triton.__file__).is_relative_to(Path(argv[1]).resolve()), triton.__file__
     options = [a for a in argv[2:] if a.startswith("--")]
     dtypes = DTYPES
     for option in options:
         name, _, value = option.partition("=")
-        if name != "--dtypes":
+        if name == "--dtypes":
+            dtypes = {d: DTYPES[d] for d in value.split(",")}
+        elif name == "--dims":  # e.g. --dims=256x64,100x48
+            DIMS[:] = [tuple(int(x) for x in d.split("x")) for d in value.split(",")]
+        elif name == "--chunk-sizes":
+            CHUNK_SIZES[:] = [int(x) for x in value.split(",")]
+        else:
             raise SystemExit(f"unknown option {option}")
-        dtypes = {d: DTYPES[d] for d in value.split(",")}
     failures: list = []
     total = 0
     for variant in [a for a in argv[2:] if not a.startswith("--")] or VARIANTS:
         total += compile_module(triton, ROOT / "generated" / f"{variant}.py", dtypes, failures)
         print(f"{variant}: compiled", flush=True)
-    print(f"triton {triton.__version__}, sm_90: {total} compiled, {len(failures)} failed")
+    print(f"triton {triton.__version__}, sm_90: {total} compiled, {len(failures)} failed; the most shared "
+          f"memory: {LARGEST[0]} bytes ({LARGEST[1]})")
     return 1 if failures else 0
 
 

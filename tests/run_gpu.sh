@@ -38,4 +38,7 @@ for ((i = 0; i < shards; i++)); do
   grep -E "^(FAILED|ERROR)" "$out/pytest$i.log"
   echo "shard $i: $(tail -n 1 "$out/pytest$i.log")" | tee -a "$out/env.txt"
 done
+# one log back (the device tool returns few files)
+for ((i = 0; i < shards; i++)); do echo "=== shard $i"; cat "$out/pytest$i.log"; done > "$out/pytest.log"
+rm -f "$out"/pytest[0-9]*.log
 exit "$status"

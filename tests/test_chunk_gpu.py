@@ -196,22 +196,19 @@ def _delta_inputs(spec, B, T, HV, K, gen):
     return out
 
 
-DELTA_DIMS = [(128, 128), (100, 48), (256, 64)]
-
-
-@pytest.mark.parametrize("K,V", DELTA_DIMS, ids=[f"K{k}_V{v}" for k, v in DELTA_DIMS])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=["bf16", "fp16", "fp32"])
-@pytest.mark.parametrize("variant", DELTA_VARIANTS)
-def test_delta_rule_every_dtype(variant, dtype, K, V):
-    """The compiled chunked delta-rule kernels in each input dtype and head dim (K = 256: one
-    [256, BV] state per program): output, final state and every gradient against float64, with
-    grouped value heads, packed sequences of 1, 63, 64, 65 and 107 tokens and initial states."""
+def _check_delta(variant, dtype, K, V, lens, chunk_size=64):
+    """The compiled chunked delta-rule kernels against float64: output, final state and every
+    gradient, grouped value heads (HV = 2, H = 1), packed sequences of ``lens`` tokens, initial
+    states."""
     spec = BUILTINS[variant]
     gen = torch.Generator(device="cuda").manual_seed(0)
-    lens = [1, 63, 64, 65, 107]
     cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32, device="cuda")
     B, T, H, HV = 1, sum(lens), 1, 2
-    q, k = (torch.randn(B, T, H, K, generator=gen, device="cuda").to(dtype) for _ in range(2))
+    q, k = (torch.randn(B, T, H, K, generator=gen, device="cuda") for _ in range(2))
+    if spec.delta and not spec.qk_l2norm:
+        # unit keys, as a model feeds them (beta ||k||^2 > 2 makes the recurrence itself blow up)
+        k = F.normalize(k, dim=-1)
+    q, k = q.to(dtype), k.to(dtype)
     v = torch.randn(B, T, HV, V, generator=gen, device="cuda").to(dtype)
     inputs = _delta_inputs(spec, B, T, HV, K, gen)
     h0 = torch.randn(len(lens), HV, K, V, generator=gen, device="cuda")
@@ -219,7 +216,8 @@ def test_delta_rule_every_dtype(variant, dtype, K, V):
     names, leaves = ["q", "k", "v", "h0", *tensors], [q, k, v, h0, *tensors.values()]
     for x in leaves:
         x.requires_grad_(True)
-    o, ht = get_op(variant).chunk(q, k, v, initial_state=h0, output_final_state=True, cu_seqlens=cu, **inputs)
+    o, ht = get_op(variant).chunk(q, k, v, initial_state=h0, output_final_state=True, cu_seqlens=cu,
+                                  chunk_size=chunk_size, **inputs)
     ro, rht = reference.run(spec, q, k, v, initial_state=h0, output_final_state=True, cu_seqlens=cu, **inputs)
     tol = DELTA_TOL[dtype]
     close("o", o, ro, tol)
@@ -230,6 +228,55 @@ def test_delta_rule_every_dtype(variant, dtype, K, V):
     theirs = torch.autograd.grad((ro * do).sum() + (rht * dS).sum(), leaves)
     for name, a, b in zip(names, ours, theirs):
         close(f"d{name}", a, b, tol)
+
+
+DELTA_DIMS = [(128, 128), (100, 48), (256, 64)]
+
+
+@pytest.mark.parametrize("K,V", DELTA_DIMS, ids=[f"K{k}_V{v}" for k, v in DELTA_DIMS])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=["bf16", "fp16", "fp32"])
+@pytest.mark.parametrize("variant", DELTA_VARIANTS)
+def test_delta_rule_every_dtype(variant, dtype, K, V):
+    """Each input dtype and head dim (K = 256: one [256, BV] state per program), sequences of
+    1, 63, 64, 65 and 107 tokens."""
+    _check_delta(variant, dtype, K, V, [1, 63, 64, 65, 107])
+
+
+# The head-dim sweep 16..256 and the smaller chunk sizes, in bf16 (the tiles: BK, BV from 32 up,
+# the state's K rows in one tile up to 256).
+DELTA_SWEEP = [(16, 16, 64), (32, 16, 64), (256, 256, 64), (48, 100, 16), (48, 100, 32)]
+
+
+@pytest.mark.parametrize("K,V,chunk_size", DELTA_SWEEP, ids=[f"K{k}_V{v}_BT{bt}" for k, v, bt in DELTA_SWEEP])
+@pytest.mark.parametrize("variant", ["gated_delta_rule_l2norm_gate_beta_sigmoid", "kda_l2norm_gate_beta_sigmoid",
+                                     "dplr"])
+def test_delta_head_dims_and_chunk_sizes(variant, K, V, chunk_size):
+    _check_delta(variant, torch.bfloat16, K, V, [1, 40, 109], chunk_size)
+
+
+def test_delta_forward_past_2_31_elements():
+    """Gated DeltaNet with q, k, v [1, 2^21 + 320, 8, 128] bf16 (2.15e9 elements each), L2-normed
+    keys (so each transition is a contraction) and log decays <= -0.25: an output depends only on
+    the last few hundred tokens, so 320-token windows (at the start, across element 2^31 and at
+    the end) have exact references."""
+    variant = "gated_delta_rule_l2norm"
+    spec = BUILTINS[variant]
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    B, H, K = 1, 8, 128
+    T = 2 ** 21 + 320
+    q, k, v = (torch.randn(B, T, H, K, generator=gen, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    g = -0.25 - 0.75 * torch.rand(B, T, H, generator=gen, device="cuda")
+    beta = torch.rand(B, T, H, generator=gen, device="cuda")
+    with torch.no_grad():
+        o, ht = get_op(variant).chunk(q, k, v, g=g, beta=beta, output_final_state=True)
+    crossing = 2 ** 31 // (H * K)
+    for end in (320, crossing + 160, T):
+        sl = slice(end - 320, end)
+        ro, rht = reference.run(spec, q[:, sl], k[:, sl], v[:, sl], g=g[:, sl], beta=beta[:, sl],
+                                output_final_state=True)
+        close(f"o[{end - 64}:{end}]", o[:, end - 64:end], ro[:, -64:], DELTA_TOL[torch.bfloat16])
+        if end == T:
+            close("final_state", ht, rht, STATE_TOL)
 
 
 @pytest.mark.parametrize("variant", ["gated_delta_rule_l2norm_gate_beta_sigmoid", "kda_l2norm_gate_beta_sigmoid",

@@ -12,8 +12,6 @@ and parameter gradient), both in parallel over chunks.
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 
 from flagen.runtime.chunked import Chunks, no_double_backward, per_query_head
@@ -34,10 +32,19 @@ def _tile(n: int, cap: int) -> int:
     return max(MIN_TILE, min(cap, next_power_of_2(n)))
 
 
-def _state_tiles(K: int, V: int) -> tuple[int, int, dict]:
-    """(BK, BV, launch options) of the kernels that walk a sequence: BK covers K."""
-    BK = _tile(K, 1 << 30)
-    return BK, _tile(V, STATE_TILE_V), dict(num_warps=8 if BK >= 256 else 4)
+STATE_KERNELS = ("fwd_h", "bwd_dh")
+
+
+def launch_config(kind: str, K: int, V: int, BT: int) -> dict:
+    """Tiles and launch options of kernel ``chunk_delta_<kind>`` for head dims K, V and chunk
+    size BT (shared with tests/compile_offline.py, which checks every one fits the GPU's shared
+    memory). The kernels that walk a sequence hold a whole [K, BV] state (BK covers K); one
+    pipeline stage there, as more overflow shared memory (K = 100 takes 290 KiB in 3 stages
+    with the fp32 w and the split tf32x3 operands; an H100/H200 block has 227 KiB)."""
+    if kind in STATE_KERNELS:
+        BK = _tile(K, 1 << 30)
+        return dict(BK=BK, BV=_tile(V, STATE_TILE_V), num_warps=8 if BK >= 256 else 4, num_stages=1)
+    return dict(BK=_tile(K, TILE), BV=_tile(V, TILE), num_warps=4)
 
 
 def _wy(op, q, k, v, inputs, chunks, meta):
@@ -54,8 +61,8 @@ def _wy(op, q, k, v, inputs, chunks, meta):
     if chunks.NC:
         op.module.KERNELS["chunk_delta_wy"][chunks.grid](
             q, k, v, *inputs, Tm, P, *low.values(), w, u, meta["cu"], chunks.indices, T,
-            H=H, HV=HV, K=K, V=V, BT=chunks.BT, BK=_tile(K, TILE), BV=_tile(V, TILE),
-            IS_VARLEN=meta["cu"] is not None, num_warps=4,
+            H=H, HV=HV, K=K, V=V, BT=chunks.BT, IS_VARLEN=meta["cu"] is not None,
+            **launch_config("wy", K, V, chunks.BT),
         )
     return Tm, P, w, u, low
 
@@ -68,29 +75,13 @@ def _states(op, q, k, v, inputs, w, u, h0, chunks, meta, store_ht):
     h = torch.empty(chunks.NC, HV, K, V, **f32)
     v_new = torch.empty(B * T, HV, V, **f32)
     ht = torch.empty(meta["N"], HV, K, V, **f32) if store_ht else None
-    BK, BV, W = _state_tiles(K, V)
-    op.module.KERNELS["chunk_delta_fwd_h"][(cdiv(V, BV), meta["N"] * HV)](
+    config = launch_config("fwd_h", K, V, chunks.BT)
+    op.module.KERNELS["chunk_delta_fwd_h"][(cdiv(V, config["BV"]), meta["N"] * HV)](
         q, k, v, *inputs, w, u, h, v_new, h0, ht, meta["cu"], chunks.offsets, T,
-        H=H, HV=HV, K=K, V=V, BT=chunks.BT, BK=BK, BV=BV, IS_VARLEN=meta["cu"] is not None,
-        USE_H0=h0 is not None, STORE_HT=store_ht, **W,
+        H=H, HV=HV, K=K, V=V, BT=chunks.BT, IS_VARLEN=meta["cu"] is not None,
+        USE_H0=h0 is not None, STORE_HT=store_ht, **config,
     )
     return h, v_new, ht
-
-
-# These kernels are checked in Triton's interpreter (tests/test_chunk_ops.py) and compile for
-# sm_90 with Triton 3.6 (tests/compile_offline.py), but tests/test_chunk_gpu.py has not yet run
-# them on a GPU: until it has, a CUDA call says so once.
-GPU_CHECKED = False
-_warned = False
-
-
-def _warn_unchecked(device) -> None:
-    global _warned
-    if device.type == "cuda" and not GPU_CHECKED and not _warned:
-        _warned = True
-        warnings.warn("flagen's chunked delta-rule kernels have not yet been checked on a GPU (they are checked "
-                      "in Triton's interpreter and compile for sm_90): run `bash tests/run_gpu.sh -k "
-                      "'delta or kda'` to check them on yours, or use the fused_recurrent_* ops", stacklevel=4)
 
 
 def chunk_size_of(chunk_size: int | None) -> int:
@@ -105,19 +96,17 @@ class _ChunkedDelta(torch.autograd.Function):
         B, T, H, K = q.shape
         HV, V = v.shape[2], v.shape[3]
         BT = chunk_size_of(meta["chunk_size"])
-        _warn_unchecked(q.device)
         chunks = Chunks.of(meta["lens"], meta["cu"] is not None, B, T, HV, BT, q.device)
         inputs = op.kernel_inputs(raw, meta)
         Tm, P, w, u, low = _wy(op, q, k, v, inputs, chunks, meta)
         h, v_new, ht = _states(op, q, k, v, inputs, w, u, h0, chunks, meta, meta["output_final_state"])
         o = torch.empty_like(v)
         if chunks.NC:
-            BV = _tile(V, TILE)
-            op.module.KERNELS["chunk_delta_fwd_o"][(*chunks.grid, cdiv(V, BV))](
+            config = launch_config("fwd_o", K, V, BT)
+            op.module.KERNELS["chunk_delta_fwd_o"][(*chunks.grid, cdiv(V, config["BV"]))](
                 q, k, v, *inputs, h, P, *([low["Pk"]] if low else []), v_new, o, meta["cu"], chunks.indices,
                 meta["scale"], T,
-                H=H, HV=HV, K=K, V=V, BT=BT, BK=_tile(K, TILE), BV=BV, IS_VARLEN=meta["cu"] is not None,
-                num_warps=4,
+                H=H, HV=HV, K=K, V=V, BT=BT, IS_VARLEN=meta["cu"] is not None, **config,
             )
         if meta["needs_grad"]:
             ctx.save_for_backward(q, k, v, h0, *raw)
@@ -145,13 +134,13 @@ class _ChunkedDelta(torch.autograd.Function):
         dh = torch.empty_like(h)
         dv_new = torch.empty_like(v_new)
         dh0 = torch.empty(N, HV, K, V, **f32) if h0 is not None else None
-        BKs, BVs, Ws = _state_tiles(K, V)
-        kern["chunk_delta_bwd_dh"][(cdiv(V, BVs), N * HV)](
+        config = launch_config("bwd_dh", K, V, BT)
+        kern["chunk_delta_bwd_dh"][(cdiv(V, config["BV"]), N * HV)](
             q, k, v, *inputs, w, P, do, dh, dv_new, *([dvk] if low else []),
             dht.contiguous() if dht is not None else None, dh0,
             cu, chunks.offsets, meta["scale"], T,
-            H=H, HV=HV, K=K, V=V, BT=BT, BK=BKs, BV=BVs, IS_VARLEN=varlen,
-            USE_DHT=dht is not None, STORE_DH0=dh0 is not None, **Ws,
+            H=H, HV=HV, K=K, V=V, BT=BT, IS_VARLEN=varlen,
+            USE_DHT=dht is not None, STORE_DH0=dh0 is not None, **config,
         )
 
         kinds = dict(op.module.INPUTS)
@@ -162,20 +151,20 @@ class _ChunkedDelta(torch.autograd.Function):
         dk = torch.empty_like(dq)
         dv = torch.empty_like(v)
         if NC:
-            BK, BV = _tile(K, TILE), _tile(V, TILE)
+            config = launch_config("bwd_dw", K, V, BT)
             dqs, dw, dbc = (torch.empty(NT, HV, K, **f32) for _ in range(3))
             sdh = torch.empty(NC, HV, K, **f32)
             dkc = torch.empty_like(dqs) if low else None
-            kern["chunk_delta_bwd_dw"][(*chunks.grid, cdiv(K, BK))](
+            kern["chunk_delta_bwd_dw"][(*chunks.grid, cdiv(K, config["BK"]))](
                 h, dh, do, *([v] if low else []), v_new, dv_new, dqs, dw, dbc, *([dkc] if low else []), sdh, cu,
                 chunks.indices, meta["scale"], T,
-                H=H, HV=HV, K=K, V=V, BT=BT, BK=BK, BV=BV, IS_VARLEN=varlen, num_warps=4,
+                H=H, HV=HV, K=K, V=V, BT=BT, IS_VARLEN=varlen, **config,
             )
             kern["chunk_delta_bwd_wy"][chunks.grid](
                 q, k, v, *inputs, Tm, P, *low.values(), *([dvk, dkc] if low else []), v_new, dv_new, do, dqs, dw,
                 dbc, sdh, dq, dk, dv, *grads.values(),
                 cu, chunks.indices, meta["scale"], T,
-                H=H, HV=HV, K=K, V=V, BT=BT, BK=BK, BV=BV, IS_VARLEN=varlen, num_warps=4,
+                H=H, HV=HV, K=K, V=V, BT=BT, IS_VARLEN=varlen, **launch_config("bwd_wy", K, V, BT),
             )
         else:  # no tokens at all
             dv.zero_(), dq.zero_(), dk.zero_()

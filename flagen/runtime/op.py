@@ -116,7 +116,10 @@ class _Recurrent(torch.autograd.Function):
 
 
 def _l2norm(x):
-    return x * torch.rsqrt((x.float() * x.float()).sum(-1, keepdim=True) + 1e-6).to(x.dtype)
+    """x / sqrt(sum(x^2) + 1e-6) over the last dim, in fp32: the chunked kernels compute in fp32,
+    and rounding the normalised q, k back to bf16 costs 2e-3 of the state (relative)."""
+    x = x.float()
+    return x * torch.rsqrt((x * x).sum(-1, keepdim=True) + 1e-6)
 
 
 class RecurrentOp:
