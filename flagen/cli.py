@@ -29,6 +29,10 @@ def cmd_build(args) -> int:
                 raise _UserError(f"{path}: cannot generate kernels for {spec.name!r}: {e}") from e
             print(f"{spec.name}: {module.__file__}")
         return 0
+    if build.generated_dir() != build.GENERATED_DIR:
+        raise _UserError("`flagen build` renders the built-ins into a checkout's generated/; this flagen is an "
+                         f"installed wheel, whose kernels ({build.PACKAGED_DIR}) came with it. Build user "
+                         "variants with `flagen build FILE`")
     changed = build.build_builtins(check=args.check, progress=None if args.quiet else _progress)
     if args.check:
         if changed:
@@ -56,7 +60,7 @@ def cmd_show(args) -> int:
     if spec.doc:
         print(f"  doc: {spec.doc}")
     if args.name in BUILTINS:
-        print(f"source: {build.GENERATED_DIR / (spec.name + '.py')}")
+        print(f"source: {build.generated_dir() / (spec.name + '.py')}")
         return 0
     path = cache.entry_path(spec)
     try:

@@ -12,13 +12,20 @@ The generated modules (generated/<variant>.py) are loaded by path with that Trit
 sys.path. Every chunked delta-rule kernel is compiled for sm_90 in bf16, fp16 and fp32, with
 head dims 16/16, 128/128, 100/48, 256/64 and 256/256, chunk sizes 16, 32 and 64, fixed-length
 and packed, with the runtime's tiles and launch options (chunked_delta.launch_config).
+
+``--registers`` also runs that Triton's ptxas with -v on each kernel and prints its registers
+and spilled bytes: a kernel at 255 registers that spills kilobytes per thread is slow whatever
+else it does, and this shows it without a GPU.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import itertools
+import re
+import subprocess
 import sys
+import tempfile
 import traceback
 from pathlib import Path
 
@@ -29,6 +36,7 @@ DIMS = [(16, 16), (128, 128), (100, 48), (256, 64), (256, 256)]
 CHUNK_SIZES = [16, 32, 64]
 SMEM_LIMIT = 232448  # bytes a block may use on sm_90 (H100, H200)
 LARGEST = [0, ""]  # the most shared memory a kernel took, and which
+REGISTERS = []  # with --registers: the ptxas binary of the Triton under test
 DTYPES = {"bf16": "*bf16", "fp16": "*fp16", "fp32": "*fp32"}
 STATE_ARGS = {"Tm", "P", "Pk", "Aak", "w", "u", "h", "v_new", "h0", "ht", "dh", "dv_new", "dvk", "dht", "dh0", "dqs",
               "dw", "dbc", "dkc", "sdh"}
@@ -82,10 +90,26 @@ def compile_module(triton, path: Path, dtypes: dict, failures: list) -> int:
                 print(f"FAILED {label}\n{traceback.format_exc(limit=3)}", flush=True)
                 continue
             LARGEST[:] = max(LARGEST, [kernel.metadata.shared, label])
+            if REGISTERS:
+                print(f"{label}: {kernel.metadata.shared} bytes of shared memory, {registers(kernel)}", flush=True)
             if kernel.metadata.shared > SMEM_LIMIT:
                 failures.append(label)
                 print(f"FAILED {label}: {kernel.metadata.shared} bytes of shared memory > {SMEM_LIMIT}", flush=True)
     return count
+
+
+def registers(kernel) -> str:
+    """ptxas -v's registers and spills of a compiled kernel."""
+    with tempfile.TemporaryDirectory() as tmp:
+        ptx = Path(tmp) / "kernel.ptx"
+        ptx.write_text(kernel.asm["ptx"])
+        arch = re.search(r"^\.target (\S+)", kernel.asm["ptx"], re.M).group(1)
+        log = subprocess.run([REGISTERS[0], "-v", f"--gpu-name={arch}", str(ptx), "-o", str(Path(tmp) / "k.cubin")],
+                             capture_output=True, text=True).stderr
+    regs = re.search(r"Used (\d+) registers", log)
+    spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
+    return (f"{regs.group(1) if regs else '?'} registers, "
+            f"{spills.group(1) + ' / ' + spills.group(2) if spills else '?'} bytes spilled (stores / loads)")
 
 
 def main(argv):
@@ -103,6 +127,8 @@ def main(argv):
             DIMS[:] = [tuple(int(x) for x in d.split("x")) for d in value.split(",")]
         elif name == "--chunk-sizes":
             CHUNK_SIZES[:] = [int(x) for x in value.split(",")]
+        elif name == "--registers":
+            REGISTERS[:] = [str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas")]
         else:
             raise SystemExit(f"unknown option {option}")
     failures: list = []

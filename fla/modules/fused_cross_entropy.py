@@ -88,8 +88,8 @@ class _CrossEntropy(torch.autograd.Function):
 
 def check_targets(target, V, ignore_index):
     """A class outside [0, V) would index past the logits: refuse it (one host sync)."""
-    y = target[target != ignore_index]
-    if y.numel() and bool(((y < 0) | (y >= V)).any()):
+    # one elementwise pass and one read-back (boolean indexing would add a second sync)
+    if bool(((target != ignore_index) & ((target < 0) | (target >= V))).any()):
         raise ValueError(f"`target` holds a class outside [0, {V}) that is not ignore_index ({ignore_index})")
 
 

@@ -10,7 +10,16 @@ from types import ModuleType
 
 from flagen.codegen.cache import import_path, verify, with_digest, write_atomic
 
+# Where `flagen build` writes the built-ins' modules (a checkout: committed), and where an
+# installed wheel carries them (setup.py copies generated/ there)
 GENERATED_DIR = Path(__file__).resolve().parent.parent.parent / "generated"
+PACKAGED_DIR = Path(__file__).resolve().parent.parent / "generated"
+
+
+def generated_dir() -> Path:
+    """The folder the built-ins' modules are loaded from: the wheel's copy if installed, else
+    the checkout's generated/."""
+    return PACKAGED_DIR if PACKAGED_DIR.is_dir() else GENERATED_DIR
 
 _builtin_modules: dict[str, ModuleType] = {}
 _lock = threading.Lock()
@@ -46,12 +55,12 @@ def build_builtins(out_dir: Path = GENERATED_DIR, check: bool = False, progress=
 
 
 def load_builtin(name: str) -> ModuleType:
-    """The generated module of a built-in variant: from generated/ (no Jinja or sympy work),
-    or rendered through the cache if generated/ lacks it or it is corrupt."""
+    """The generated module of a built-in variant: from generated/ or the wheel's copy (no
+    Jinja or sympy work), or rendered through the cache if that lacks it or it is corrupt."""
     with _lock:
         if name in _builtin_modules:
             return _builtin_modules[name]
-        path = GENERATED_DIR / f"{name}.py"
+        path = generated_dir() / f"{name}.py"
         if path.exists() and verify(path.read_text(encoding="utf-8")):
             module = import_path(path, f"flagen_generated_{name}")
         else:

@@ -1,0 +1,23 @@
+"""Packaging beyond pyproject.toml: a built wheel carries the committed kernels of the built-in
+variants (generated/, rendered by `flagen build`) as flagen/generated/, so that an installed
+flagen imports them and renders nothing (flagen.codegen.build.generated_dir finds them)."""
+
+import shutil
+from pathlib import Path
+
+from setuptools import setup
+from setuptools.command.build_py import build_py
+
+
+class BuildPyWithKernels(build_py):
+    def run(self):
+        super().run()
+        if self.editable_mode:  # an editable install reads generated/ in place
+            return
+        target = Path(self.build_lib) / "flagen" / "generated"
+        target.mkdir(parents=True, exist_ok=True)
+        for path in sorted(Path(__file__).resolve().parent.joinpath("generated").glob("*.py")):
+            shutil.copyfile(path, target / path.name)
+
+
+setup(cmdclass={"build_py": BuildPyWithKernels})
