@@ -11,6 +11,7 @@ from einops import rearrange
 from fla.layers.base import QKVLayer
 from fla.modules.activations import ACT2FN
 from flagen.ir import Recurrence, Shape
+from flagen.runtime import compiled
 from flagen.runtime.op import get_op
 
 MODES = ("chunk", "fused_recurrent")
@@ -67,6 +68,7 @@ class RecurrentLayer(QKVLayer):
         if unknown:
             raise ValueError(f"`constants` names {sorted(unknown)}, not constants of {self.spec_name}")
         self._init_readout(use_output_gate, gate_fn, fuse_norm, elementwise_affine, norm_eps, ACT2FN)
+        self._op_key = compiled.register(self.op)
 
     @property
     def op(self):
@@ -91,6 +93,7 @@ class RecurrentLayer(QKVLayer):
         inputs.update(self.input_params.items())
         h0 = state["recurrent_state"] if state is not None else None
         common = dict(initial_state=h0, output_final_state=use_cache, cu_seqlens=cu_seqlens, **inputs)
-        if self.mode == "chunk" and context["seq_len"] > 64:
-            return self.op.chunk(q, k, v, **common)
-        return self.op(q, k, v, **common)
+        mode = "chunk" if self.mode == "chunk" and context["seq_len"] > 64 else "recurrent"
+        if torch.compiler.is_compiling():  # one custom op in the graph (flagen.runtime.compiled)
+            return compiled.call(mode, self._op_key, q, k, v, **common)
+        return self.op.chunk(q, k, v, **common) if mode == "chunk" else self.op(q, k, v, **common)

@@ -152,6 +152,6 @@ class CausalConv(torch.autograd.Function):
 
 def usable(x, initial_state) -> bool:
     """Whether the Triton path runs: CUDA tensors, and no gradient wanted for the cached state
-    (the PyTorch path gives it)."""
-    return x.is_cuda and x.numel() > 0 and not (initial_state is not None and initial_state.requires_grad
-                                                and torch.is_grad_enabled())
+    (the PyTorch path gives it); not while torch.compile traces (it compiles the PyTorch path)."""
+    return x.is_cuda and x.numel() > 0 and not torch.compiler.is_compiling() and not (
+        initial_state is not None and initial_state.requires_grad and torch.is_grad_enabled())

@@ -87,9 +87,13 @@ class _CrossEntropy(torch.autograd.Function):
 
 
 def check_targets(target, V, ignore_index):
-    """A class outside [0, V) would index past the logits: refuse it (one host sync)."""
-    # one elementwise pass and one read-back (boolean indexing would add a second sync)
-    if bool(((target != ignore_index) & ((target < 0) | (target >= V))).any()):
+    """A class outside [0, V) would index past the logits: refuse it (one host sync; while
+    torch.compile traces, an asynchronous device-side assert instead)."""
+    bad = ((target != ignore_index) & ((target < 0) | (target >= V))).any()
+    if torch.compiler.is_compiling():
+        torch._assert_async(~bad, f"`target` holds a class outside [0, {V}) that is not ignore_index")
+        return
+    if bool(bad):
         raise ValueError(f"`target` holds a class outside [0, {V}) that is not ignore_index ({ignore_index})")
 
 

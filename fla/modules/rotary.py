@@ -106,10 +106,14 @@ class RotaryEmbedding(nn.Module):
         if max_seqlen is None:
             extra = seqlen_offset if isinstance(seqlen_offset, int) else int(torch.as_tensor(seqlen_offset).max())
             max_seqlen = q.shape[1] + extra
-        key = (max_seqlen, q.device, q.dtype, self.inv_freq.data_ptr(), self.inv_freq._version)
-        if self._tables is None or self._tables[0] != key:
-            self._tables = key, self.tables(max_seqlen, q.device, q.dtype)
-        (cq, sq), (ck, sk) = self._tables[1]
+        if torch.compiler.is_compiling():  # the graph computes the tables (no cache keyed on storage)
+            tables = self.tables(max_seqlen, q.device, q.dtype)
+        else:
+            key = (max_seqlen, q.device, q.dtype, self.inv_freq.data_ptr(), self.inv_freq._version)
+            if self._tables is None or self._tables[0] != key:
+                self._tables = key, self.tables(max_seqlen, q.device, q.dtype)
+            tables = self._tables[1]
+        (cq, sq), (ck, sk) = tables
         q = rotary_embedding(q, cq, sq, self.interleaved, seqlen_offset, cu_seqlens)
         k = rotary_embedding(k, ck, sk, self.interleaved, seqlen_offset, cu_seqlens)
         return q, k

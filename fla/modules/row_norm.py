@@ -232,8 +232,10 @@ def check_args(x, weight=None, bias=None, z=None, residual=None) -> None:
 
 def usable(x, groups=1) -> bool:
     """Whether the Triton path runs for x: a CUDA tensor (the interpreter's CPU tensors only
-    through ``row_norm`` itself, as the tests call it), at most MAX_N channels per group."""
-    return x.is_cuda and x.shape[-1] // groups <= MAX_N and x.numel() > 0
+    through ``row_norm`` itself, as the tests call it), at most MAX_N channels per group; not
+    while torch.compile traces (it compiles the PyTorch path)."""
+    return (x.is_cuda and x.shape[-1] // groups <= MAX_N and x.numel() > 0
+            and not torch.compiler.is_compiling())
 
 
 def row_norm(x, weight, bias, eps=1e-5, is_rms_norm=False, num_groups=1, z=None, gate=None, gate_first=False,

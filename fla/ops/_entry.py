@@ -9,12 +9,14 @@ The entry points have explicit signatures (no ``**kwargs``): an unknown keyword 
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import warnings
 
 import torch
 
+from flagen.runtime import compiled
 from flagen.runtime.op import get_op
 
 
@@ -134,17 +136,26 @@ def _run(call, q, k, v, inputs: dict, initial_state, state_v_first: bool, **opti
     return o, final_state
 
 
+def _entry(mode: str, variant: str):
+    """The op's call for ``mode``: direct when eager, a custom op while torch.compile traces
+    (flagen.runtime.compiled: a leaf of the graph)."""
+    if torch.compiler.is_compiling():
+        return functools.partial(compiled.call, mode, variant)
+    op = get_op(variant)
+    return op.chunk if mode == "chunk" else op
+
+
 def fused_recurrent(variant: str, q, k, v, inputs: dict, *, scale=None, initial_state=None,
                     output_final_state=False, reverse=False, cu_seqlens=None, state_v_first=False):
     """Run built-in ``variant`` token by token."""
-    return _run(get_op(variant), q, k, v, inputs, initial_state, state_v_first, scale=scale,
+    return _run(_entry("recurrent", variant), q, k, v, inputs, initial_state, state_v_first, scale=scale,
                 output_final_state=output_final_state, cu_seqlens=cu_seqlens, reverse=bool(reverse))
 
 
 def chunk(variant: str, q, k, v, inputs: dict, *, scale=None, initial_state=None, output_final_state=False,
           reverse=False, cu_seqlens=None, state_v_first=False, chunk_size=None):
     """Run built-in ``variant`` through its chunked kernels (training and prefill)."""
-    return _run(get_op(variant).chunk, q, k, v, inputs, initial_state, state_v_first, scale=scale,
+    return _run(_entry("chunk", variant), q, k, v, inputs, initial_state, state_v_first, scale=scale,
                 output_final_state=output_final_state, cu_seqlens=cu_seqlens, reverse=bool(reverse),
                 chunk_size=chunk_size)
 
