@@ -48,6 +48,19 @@ def load_module(path: str):
     return module
 
 
+def usage(compiled) -> dict:
+    """cuobjdump's resource usage of a compiled kernel ({"REG": registers per thread, "STACK":
+    local memory per thread, mostly spills, ...}; strings). The chunked delta-rule kernels' are
+    printed by tests/compile_offline.py --registers."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(compiled.asm["cubin"])
+        f.flush()
+        tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+        out = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
+    line = next((line.strip() for line in out.splitlines() if "REG:" in line), "")
+    return dict(part.split(":") for part in line.split() if ":" in part)
+
+
 def resources(module, kernel: str, K: int, V: int, dtype: torch.dtype) -> str:
     kind, pass_ = KINDS[kernel]
     fn = module.KERNELS[kernel]
@@ -82,13 +95,7 @@ def resources(module, kernel: str, K: int, V: int, dtype: torch.dtype) -> str:
     compiled = triton.compile(ASTSource(fn, signature, consts), target=GPUTarget("cuda", 90, 64),
                               options=dict(num_warps=launch["num_warps"], num_stages=launch.get("num_stages", 3)))
     seconds = time.perf_counter() - start
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(compiled.asm["cubin"])
-        f.flush()
-        tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-        out = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
-    usage = next((line.strip() for line in out.splitlines() if "REG:" in line), "?")
-    fields = dict(part.split(":") for part in usage.split() if ":" in part)
+    fields = usage(compiled)
     return (f"| {BT} | {BK} | {BV} | {launch['num_warps']} | {launch.get('num_stages', '-')} "
             f"| {fields.get('REG', '?')} | {fields.get('STACK', '?')} | {compiled.metadata.shared} | {seconds:.1f} |")
 

@@ -13,19 +13,16 @@ sys.path. Every chunked delta-rule kernel is compiled for sm_90 in bf16, fp16 an
 head dims 16/16, 128/128, 100/48, 256/64 and 256/256, chunk sizes 16, 32 and 64, fixed-length
 and packed, with the runtime's tiles and launch options (chunked_delta.launch_config).
 
-``--registers`` also runs that Triton's ptxas with -v on each kernel and prints its registers
-and spilled bytes: a kernel at 255 registers that spills kilobytes per thread is slow whatever
-else it does, and this shows it without a GPU.
+``--registers`` also prints each kernel's registers and stack (spilled) bytes per thread
+(benchmarks/kernel_resources.usage, cuobjdump): a kernel at 255 registers that spills kilobytes
+per thread is slow whatever else it does, and this shows it without a GPU.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import itertools
-import re
-import subprocess
 import sys
-import tempfile
 import traceback
 from pathlib import Path
 
@@ -36,7 +33,7 @@ DIMS = [(16, 16), (128, 128), (100, 48), (256, 64), (256, 256)]
 CHUNK_SIZES = [16, 32, 64]
 SMEM_LIMIT = 232448  # bytes a block may use on sm_90 (H100, H200)
 LARGEST = [0, ""]  # the most shared memory a kernel took, and which
-REGISTERS = []  # with --registers: the ptxas binary of the Triton under test
+REGISTERS = []  # [True] with --registers
 DTYPES = {"bf16": "*bf16", "fp16": "*fp16", "fp32": "*fp32"}
 STATE_ARGS = {"Tm", "P", "Pk", "Aak", "w", "u", "h", "v_new", "h0", "ht", "dh", "dv_new", "dvk", "dht", "dh0", "dqs",
               "dw", "dbc", "dkc", "sdh"}
@@ -99,17 +96,10 @@ def compile_module(triton, path: Path, dtypes: dict, failures: list) -> int:
 
 
 def registers(kernel) -> str:
-    """ptxas -v's registers and spills of a compiled kernel."""
-    with tempfile.TemporaryDirectory() as tmp:
-        ptx = Path(tmp) / "kernel.ptx"
-        ptx.write_text(kernel.asm["ptx"])
-        arch = re.search(r"^\.target (\S+)", kernel.asm["ptx"], re.M).group(1)
-        log = subprocess.run([REGISTERS[0], "-v", f"--gpu-name={arch}", str(ptx), "-o", str(Path(tmp) / "k.cubin")],
-                             capture_output=True, text=True).stderr
-    regs = re.search(r"Used (\d+) registers", log)
-    spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
-    return (f"{regs.group(1) if regs else '?'} registers, "
-            f"{spills.group(1) + ' / ' + spills.group(2) if spills else '?'} bytes spilled (stores / loads)")
+    """Registers and local memory (spills) per thread of a compiled kernel (cuobjdump)."""
+    from benchmarks.kernel_resources import usage
+    fields = usage(kernel)
+    return f"{fields.get('REG', '?')} registers, {fields.get('STACK', '?')} bytes of stack (spills) per thread"
 
 
 def main(argv):
@@ -128,7 +118,7 @@ def main(argv):
         elif name == "--chunk-sizes":
             CHUNK_SIZES[:] = [int(x) for x in value.split(",")]
         elif name == "--registers":
-            REGISTERS[:] = [str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas")]
+            REGISTERS[:] = [True]
         else:
             raise SystemExit(f"unknown option {option}")
     failures: list = []
