@@ -20,7 +20,28 @@ import os
 import sys
 import time
 
-SHAPES = [(4, 2048, 16, 128), (2, 16384, 16, 128)]  # B, T, H, D
+# B, T, H, D. "suite": FLA's benchmark shapes; "sweep": T from 1K to 16K at 32K tokens a batch
+# (benchmarks/compare_chunk.py --plot draws time against T from it)
+SHAPE_SETS = {
+    "quick": [(4, 2048, 16, 128), (2, 16384, 16, 128)],
+    "suite": [(1, 8192, 96, 128), (2, 16384, 16, 128), (4, 2048, 16, 128), (4, 4096, 64, 128), (8, 2048, 32, 256),
+              (8, 1024, 8, 64)],
+    "sweep": [(32768 // T, T, 16, 128) for T in (1024, 2048, 4096, 8192, 16384)],
+}
+
+
+def parse_shapes(text: str) -> list[tuple[int, int, int, int]]:
+    """A set's name ("quick", "suite", "sweep") or shapes "BxTxHxD,...", in the order given."""
+    shapes = []
+    for part in text.split(","):
+        if part in SHAPE_SETS:
+            shapes += [s for s in SHAPE_SETS[part] if s not in shapes]
+        else:
+            dims = tuple(int(x) for x in part.split("x"))
+            if len(dims) != 4:
+                raise ValueError(f"a shape is BxTxHxD or one of {sorted(SHAPE_SETS)}, got {part!r}")
+            shapes.append(dims)
+    return shapes
 # "+normalize": chunk_linear_attn with normalize=True, on positive (elu + 1) q and k
 # The delta rules as their layers call them: L2-normalised q, k in the kernel, a sigmoid-ed beta;
 # "+gate": Gated DeltaNet's / KDA's gate in the kernel (A_log, dt_bias), as Qwen3-Next and Kimi
@@ -111,7 +132,7 @@ def bench_fla(args, torch, F, bench, save):
         except Exception as e:  # noqa: BLE001 - report what is missing and go on
             results.append(dict(op=name, error=f"import: {e!r}"))
             continue
-        for B, T, H, D in SHAPES:
+        for B, T, H, D in args.shapes:
             row = dict(op=name, shape=f"B{B}_T{T}_H{H}_D{D}")
             try:
                 a, kw, grads = make_inputs(name, B, T, H, D, torch, F)
@@ -144,9 +165,9 @@ def bench_fla(args, torch, F, bench, save):
     return results
 
 
-def bench_sdpa(torch, F, bench):
+def bench_sdpa(torch, F, bench, shapes):
     results = []
-    for B, T, H, D in SHAPES:
+    for B, T, H, D in shapes:
         q, k, v = (torch.randn(B, H, T, D, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
         do = torch.randn_like(q)
 
@@ -171,6 +192,10 @@ def main():
     p.add_argument("--fla-path", help="directory holding upstream's unpacked `fla` package")
     p.add_argument("--out", required=True)
     p.add_argument("--ops", default=",".join(OPS), help="comma-separated subset of " + ",".join(OPS))
+    p.add_argument("--shapes", default="quick", type=parse_shapes,
+                   help=f"{', '.join(SHAPE_SETS)} or BxTxHxD,... (default quick)")
+    p.add_argument("--ceilings", action="store_true",
+                   help="measure the GPU's bf16 matmul and copy ceilings first (benchmarks/roofline.py)")
     args = p.parse_args()
     if args.impl == "fla":
         sys.path.insert(0, args.fla_path)
@@ -185,6 +210,10 @@ def main():
     env = dict(impl=args.impl, device=torch.cuda.get_device_name(), torch=torch.__version__,
                triton=triton.__version__)
 
+    if args.ceilings:
+        from roofline import measure_ceilings  # (this script's folder is on sys.path)
+        env["ceilings"] = measure_ceilings(torch, bench)
+
     def save(results):
         with open(args.out, "w") as f:
             json.dump(dict(env=env, results=results), f, indent=1)
@@ -197,7 +226,7 @@ def main():
         env["fla_version"] = getattr(fla, "__version__", "?")
         results = bench_fla(args, torch, F, bench, save)
     else:
-        results = bench_sdpa(torch, F, bench)
+        results = bench_sdpa(torch, F, bench, args.shapes)
     save(results)
 
 

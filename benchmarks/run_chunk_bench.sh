@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The chunked-ops benchmark on the GPU (device tool): ours, FLA 0.6.0 (from the wheels in
 # .whl/, unpacked to a temp dir and imported in its own process) and torch SDPA.
-#   bash benchmarks/run_chunk_bench.sh [ours|fla|sdpa|all] [--ops chunk_gla,...]
+#   bash benchmarks/run_chunk_bench.sh [ours|fla|sdpa|all] [--ops chunk_gla,...] [--shapes quick|suite|sweep,...]
 #   bash benchmarks/run_chunk_bench.sh revisions DIR [ROUNDS [--ops chunk_gla,...]]
 #       this tree against another revision's tree in DIR (e.g. `git archive REV | tar -x -C DIR`,
 #       carried to the device), ROUNDS alternated runs each (default 2), plus SDPA
@@ -25,10 +25,10 @@ if [[ $what == revisions ]]; then
   exit
 fi
 if [[ $what == ours || $what == all ]]; then
-  python3 benchmarks/bench_chunk.py --impl flagen --out "$out/flagen.json" "$@" | tee "$out/flagen.log"
+  python3 benchmarks/bench_chunk.py --impl flagen --ceilings --out "$out/flagen.json" "$@" | tee "$out/flagen.log"
 fi
 if [[ $what == sdpa || $what == all ]]; then
-  python3 benchmarks/bench_chunk.py --impl sdpa --out "$out/sdpa.json"
+  python3 benchmarks/bench_chunk.py --impl sdpa --out "$out/sdpa.json" "$@"
 fi
 if [[ $what == fla || $what == all ]]; then
   fla_dir=$(mktemp -d)
@@ -40,5 +40,6 @@ if [[ $what == fla || $what == all ]]; then
       --out "$out/fla.json" "$@" | tee "$out/fla.log")
 fi
 if [[ -f $out/flagen.json && -f $out/fla.json && -f $out/sdpa.json ]]; then
-  python3 benchmarks/compare_chunk.py "$out/flagen.json" "$out/fla.json" "$out/sdpa.json" | tee "$out/results.md"
+  python3 benchmarks/compare_chunk.py "$out/flagen.json" "$out/fla.json" "$out/sdpa.json" --plot "$out/time_vs_T.png" \
+    | tee "$out/results.md"
 fi

@@ -1,0 +1,77 @@
+"""The benchmark report (benchmarks/compare_chunk.py, benchmarks/roofline.py) on the committed
+H200 results: ratios as FLA / ours, TFLOP/s and floor shares from the conventions, the shape
+sets; the plot when matplotlib is there. (The timings themselves need a GPU.)"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import compare_chunk  # noqa: E402
+import roofline  # noqa: E402
+from bench_chunk import SHAPE_SETS, parse_shapes  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def _load(name):
+    return json.loads((RESULTS / name).read_text())
+
+
+def test_conventions():
+    shape = "B2_T16384_H16_D128"
+    assert roofline.parse_shape(shape) == (2, 16384, 16, 128)
+    # linear in B*T*H; the delta rule's extra terms; backward 3x
+    assert roofline.flops("chunk_gla", "B4_T16384_H16_D128", False) == 2 * roofline.flops("chunk_gla", shape, False)
+    assert roofline.flops("chunk_kda", shape, False) > roofline.flops("chunk_gla", shape, False)
+    assert roofline.flops("chunk_kda", shape, True) == 3 * roofline.flops("chunk_kda", shape, False)
+    # chunk_gla forward at D = 128, C = 64: 2 T C 256 + 4 T 128^2 per head
+    assert roofline.flops("chunk_gla", "B1_T64_H1_D128", False) == 2 * 64 * 64 * 256 + 4 * 64 * 128 * 128
+    # bytes: q, k, v, o and per-key gates in bf16
+    assert roofline.bytes_moved("chunk_gla", "B1_T1_H1_D128", False) == 2 * (3 * 128 + 128 + 128)
+    assert roofline.floor_ms("chunk_gla", shape, False, None) is None
+    floor = roofline.floor_ms("chunk_gla", shape, False, dict(tflops=1000.0, gbps=1000.0))
+    assert floor == pytest.approx(1e3 * max(roofline.flops("chunk_gla", shape, False) / 1e15,
+                                            roofline.bytes_moved("chunk_gla", shape, False) / 1e12))
+
+
+def test_shape_sets():
+    assert parse_shapes("quick") == SHAPE_SETS["quick"]
+    assert parse_shapes("quick,2x16384x16x128,1x64x2x32") == [*SHAPE_SETS["quick"], (2, 16384, 16, 128), (1, 64, 2, 32)]
+    assert len(parse_shapes("suite")) == 6 and all(B * T == 32768 for B, T, _, _ in parse_shapes("sweep"))
+    with pytest.raises(ValueError, match="BxTxHxD"):
+        parse_shapes("4x2048")
+
+
+def test_table_of_the_committed_run(tmp_path):
+    ours, fla, sdpa = (_load(f"delta_h200_{n}.json") for n in ("flagen", "fla060", "sdpa"))
+    ours["env"]["ceilings"] = dict(tflops=800.0, gbps=4000.0)
+    lines = compare_chunk.table(ours, fla, sdpa)
+    row = next(line for line in lines if line.startswith("| chunk_kda | 2_16384_16_128 "))
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    ours_fwd, fla_fwd, ratio = float(cells[2]), float(cells[3]), float(cells[4])
+    assert ratio == pytest.approx(fla_fwd / ours_fwd, abs=0.006)
+    tflops_fwd = float(cells[10].split(" / ")[0])
+    assert tflops_fwd == pytest.approx(roofline.flops("chunk_kda", "B2_T16384_H16_D128", False) / (ours_fwd * 1e9),
+                                       abs=1)
+    share_fwd = float(cells[11].split(" / ")[0])
+    assert 0 < share_fwd < 1
+    gdn = next(line for line in lines if line.startswith("| chunk_gated_delta_rule | 4_2048_16_128 "))
+    assert "refused" in gdn
+    out = compare_chunk.plot({"ours": ours}, str(tmp_path / "p.png"))
+    assert out.startswith("no plot")  # no sweep in that run (or no matplotlib)
+
+
+def test_plot_of_a_sweep(tmp_path):
+    pytest.importorskip("matplotlib")
+    rows = [dict(op="chunk_gla", shape=f"B{32768 // T}_T{T}_H16_D128", fwd_ms=T / 1000, fwd_bwd_ms=T / 300)
+            for T in (1024, 2048, 4096)]
+    path = tmp_path / "sweep.png"
+    assert compare_chunk.plot({"ours": dict(results=rows)}, str(path)) == f"plot: {path}"
+    assert path.stat().st_size > 1000
