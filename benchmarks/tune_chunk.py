@@ -4,7 +4,9 @@
         [--shapes "2,16384,16,128;4,2048,16,128"] [--kinds h,dh,o,dv,dqk] [--workers 12] [--out tune.json]
 
 Every kind (a TILES entry: h = chunk_fwd_h, dh = chunk_bwd_dh, o = chunk_fwd_o, dv = chunk_bwd_dv,
-dqk = chunk_bwd_dqk) has a list of candidates (BK, BV, num_warps, num_stages). Round r sets
+dqk = chunk_bwd_dqk; for the delta rule's kernels delta_wy, delta_h, delta_o, delta_dh, delta_dw,
+delta_dwy, e.g. `--ops chunk_gated_delta_rule,chunk_kda --kinds delta_wy,delta_dwy,delta_dw`)
+has a list of candidates (BK, BV, num_warps, num_stages). Round r sets
 every kind to its r-th candidate at once (the kernels are independent, so one profiled
 forward+backward times a candidate of each), and torch.profiler gives each kernel's CUDA time
 per call. Worker processes compile the rounds first, in parallel, into Triton's cache.
@@ -22,7 +24,9 @@ import multiprocessing as mp
 import os
 
 KERNEL = {"h": "chunk_fwd_h", "dh": "chunk_bwd_dh", "o": "chunk_fwd_o", "dv": "chunk_bwd_dv",
-          "dqk": "chunk_bwd_dqk"}
+          "dqk": "chunk_bwd_dqk", "delta_wy": "chunk_delta_wy", "delta_o": "chunk_delta_fwd_o",
+          "delta_dw": "chunk_delta_bwd_dw", "delta_dwy": "chunk_delta_bwd_wy", "delta_h": "chunk_delta_fwd_h",
+          "delta_dh": "chunk_delta_bwd_dh"}
 CANDIDATES = {
     "h": [(64, 64, w, s) for w in (4, 8) for s in (1, 2, 3, 4)]
     + [(bk, bv, w, s) for bk, bv, ws in [(128, 64, (4, 8)), (128, 32, (4, 8)), (64, 32, (4,)), (32, 64, (4,)),
@@ -35,6 +39,12 @@ CANDIDATES = {
 }
 CANDIDATES["dh"] = CANDIDATES["h"]
 CANDIDATES["dv"] = CANDIDATES["o"]
+# the chunked delta rule's (chunked_delta.launch_config; no tile below 32 there); the state walks
+# hold a whole [K, BV] state (BK covers K whatever the cap)
+for _kind in ("delta_wy", "delta_o", "delta_dw", "delta_dwy"):
+    CANDIDATES[_kind] = [(bk, bv, w, st) for bk in (32, 64) for bv in (32, 64) for w in (4, 8) for st in (1, 2, 3)]
+CANDIDATES["delta_h"] = [(256, bv, w, st) for bv in (32, 64) for w in (4, 8) for st in (1, 2)]
+CANDIDATES["delta_dh"] = CANDIDATES["delta_h"]
 
 
 def _entry(kind: str, path: str | None) -> str:

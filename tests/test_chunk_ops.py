@@ -480,3 +480,18 @@ def test_per_key_gate_with_a_per_key_head_parameter():
         theirs = torch.autograd.grad((ro * do).sum() + (rht * dht).sum(), leaves)
         for name, a, b in zip(["q", "k", "v", "h0", *inputs], ours, theirs):
             close(f"d{name} (K {K})", a, b, TOL)
+
+
+def test_delta_launch_config_follows_tiles(monkeypatch):
+    """The delta rule's tiles and launch options come from chunked.TILES (what
+    FLAGEN_CHUNK_TILES and benchmarks/tune_chunk.py set); the state walks' BK covers K."""
+    from flagen.runtime import chunked
+    from flagen.runtime.chunked_delta import launch_config
+    assert launch_config("fwd_h", 100, 48, 64) == dict(BK=128, BV=32, num_warps=4, num_stages=1)
+    assert launch_config("bwd_dh", 256, 64, 64) == dict(BK=256, BV=32, num_warps=8, num_stages=1)
+    assert launch_config("wy", 100, 48, 64) == dict(BK=64, BV=64, num_warps=4, num_stages=3)
+    monkeypatch.setitem(chunked.TILES, "delta_wy", (32, 32, 8, 2))
+    monkeypatch.setitem(chunked.TILES, "delta_h", (64, 64, 4, 2))
+    assert launch_config("wy", 100, 48, 64) == dict(BK=32, BV=32, num_warps=8, num_stages=2)
+    assert launch_config("fwd_h", 200, 100, 64) == dict(BK=256, BV=64, num_warps=8, num_stages=2)
+    assert launch_config("bwd_wy", 16, 16, 64)["BK"] == 32  # no tile below 32

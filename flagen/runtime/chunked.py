@@ -49,6 +49,16 @@ TILES = {
     "dv:key": (64, 128, 4, 1),
     "dqk": (64, 64, 4, 1),   # chunk_bwd_dqk: loops over V (twice), a K tile per program
     "dqk:key": (32, 32, 4, 1),
+    # the chunked delta rule's kernels (chunk_delta.py.j2, chunked_delta.launch_config): the WY
+    # factors, the output, the states' products and the backward through the factors; and the
+    # state walks (a whole [K, BV] state: the BK cap is the largest K, 8 warps from K = 256),
+    # one pipeline stage there (more overflow shared memory with the fp32 operands)
+    "delta_wy": (64, 64, 4, 3),
+    "delta_o": (64, 64, 4, 3),
+    "delta_dw": (64, 64, 4, 3),
+    "delta_dwy": (64, 64, 4, 3),
+    "delta_h": (256, 32, 4, 1),
+    "delta_dh": (256, 32, 4, 1),
 }
 for _entry in filter(None, os.environ.get("FLAGEN_CHUNK_TILES", "").split(";")):
     _kind, _values = _entry.split("=")

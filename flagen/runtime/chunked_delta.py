@@ -14,37 +14,40 @@ from __future__ import annotations
 
 import torch
 
-from flagen.runtime.chunked import Chunks, no_double_backward, per_query_head
+from flagen.runtime import checks
+from flagen.runtime.chunked import TILES, Chunks, no_double_backward, per_query_head
 from flagen.runtime.gradients import raw_gradients
 from flagen.runtime.intmath import cdiv, next_power_of_2
 
 CHUNK_SIZES = (16, 32, 64)
 DEFAULT_CHUNK_SIZE = 64
-# Tiles: K and V tiles of the chunk-parallel kernels, and the V tile of the kernels that hold a
-# whole [K, BV] state (BK covers K there). No tile below 32: Triton 3.6 miscompiles small-N
-# matmuls on Hopper.
-TILE = 64
-STATE_TILE_V = 32
+# No tile below 32: Triton 3.6 miscompiles small-N matmuls on Hopper.
 MIN_TILE = 32
+# each kernel's chunked.TILES entry (BK cap, BV cap, num_warps, num_stages)
+TILE_ENTRY = {"wy": "delta_wy", "fwd_h": "delta_h", "fwd_o": "delta_o", "bwd_dh": "delta_dh", "bwd_dw": "delta_dw",
+              "bwd_wy": "delta_dwy"}
+STATE_KERNELS = ("fwd_h", "bwd_dh")
 
 
 def _tile(n: int, cap: int) -> int:
     return max(MIN_TILE, min(cap, next_power_of_2(n)))
 
 
-STATE_KERNELS = ("fwd_h", "bwd_dh")
-
-
 def launch_config(kind: str, K: int, V: int, BT: int) -> dict:
     """Tiles and launch options of kernel ``chunk_delta_<kind>`` for head dims K, V and chunk
-    size BT (shared with tests/compile_offline.py, which checks every one fits the GPU's shared
-    memory). The kernels that walk a sequence hold a whole [K, BV] state (BK covers K); one
-    pipeline stage there, as more overflow shared memory (K = 100 takes 290 KiB in 3 stages
-    with the fp32 w and the split tf32x3 operands; an H100/H200 block has 227 KiB)."""
+    size BT, from chunked.TILES (overridable with FLAGEN_CHUNK_TILES, swept by
+    benchmarks/tune_chunk.py; tests/compile_offline.py checks every one fits the GPU's shared
+    memory). The kernels that walk a sequence hold a whole [K, BV] state (BK covers K, with 8
+    warps from K = 256); one pipeline stage there, as more overflow shared memory (K = 100 takes
+    290 KiB in 3 stages with the fp32 w and the split tf32x3 operands; an H100/H200 block has
+    227 KiB)."""
+    bk, bv, warps, stages = TILES[TILE_ENTRY[kind]]
     if kind in STATE_KERNELS:
-        BK = _tile(K, 1 << 30)
-        return dict(BK=BK, BV=_tile(V, STATE_TILE_V), num_warps=8 if BK >= 256 else 4, num_stages=1)
-    return dict(BK=_tile(K, TILE), BV=_tile(V, TILE), num_warps=4)
+        BK = _tile(K, max(bk, checks.MAX_HEAD_DIM))
+        warps = max(warps, 8) if BK >= 256 else warps
+    else:
+        BK = _tile(K, bk)
+    return dict(BK=BK, BV=_tile(V, bv), num_warps=warps, num_stages=stages)
 
 
 def _wy(op, q, k, v, inputs, chunks, meta):
