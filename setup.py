@@ -14,9 +14,13 @@ class BuildPyWithKernels(build_py):
         super().run()
         if self.editable_mode:  # an editable install reads generated/ in place
             return
+        kernels = sorted(Path(__file__).resolve().parent.joinpath("generated").glob("*.py"))
         target = Path(self.build_lib) / "flagen" / "generated"
-        target.mkdir(parents=True, exist_ok=True)
-        for path in sorted(Path(__file__).resolve().parent.joinpath("generated").glob("*.py")):
+        shutil.rmtree(target, ignore_errors=True)  # no stale kernels from an earlier build
+        if not kernels:  # (no generated/: the kernels are rendered at run time)
+            return
+        target.mkdir(parents=True)
+        for path in kernels:
             shutil.copyfile(path, target / path.name)
 
 

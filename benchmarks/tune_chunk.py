@@ -40,7 +40,8 @@ CANDIDATES = {
 CANDIDATES["dh"] = CANDIDATES["h"]
 CANDIDATES["dv"] = CANDIDATES["o"]
 # the chunked delta rule's (chunked_delta.launch_config; no tile below 32 there); the state walks
-# hold a whole [K, BV] state (BK covers K whatever the cap)
+# hold a whole [K, BV] state (BK covers K whatever the cap; from K = 256 they take 8 warps even
+# where a candidate says 4)
 for _kind in ("delta_wy", "delta_o", "delta_dw", "delta_dwy"):
     CANDIDATES[_kind] = [(bk, bv, w, st) for bk in (32, 64) for bv in (32, 64) for w in (4, 8) for st in (1, 2, 3)]
 CANDIDATES["delta_h"] = [(256, bv, w, st) for bv in (32, 64) for w in (4, 8) for st in (1, 2)]

@@ -5,6 +5,8 @@ backward equal the eager ones. On the CPU through the interpreter with the aot_e
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -79,14 +81,50 @@ def test_delta_ops_with_in_kernel_options():
 
 
 @pytest.mark.skipif(DEVICE == "cuda", reason="the GPU run compiles every case with inductor")
+@pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "c++", "clang++")),
+                    reason="inductor on the CPU needs a C++ compiler")
 def test_inductor_on_the_cpu():
+    """Inductor takes the custom op's shape function at its word: strided inputs (a transposed
+    v, a [N, HV, V, K] state) must give what it says (contiguous outputs and gradients)."""
+    gen = torch.Generator().manual_seed(0)
+    q, k, g, h0 = _leaves(gen, (1, 20, 2, 16), (1, 20, 2, 16), (1, 20, 2), (1, 2, 16, 16))
+    vt = torch.randn(1, 2, 20, 16, generator=gen).requires_grad_()
+
+    def f(q, k, vt, g, h0):
+        o, ht = chunk_simple_gla(q, k, vt.transpose(1, 2), g=F.logsigmoid(g), initial_state=h0.transpose(-1, -2),
+                                 output_final_state=True, state_v_first=True)
+        return o.square().sum() + ht.sum()
+
+    _compare(f, (q, k, vt, g, h0), backend="inductor", tol=1e-5)
+
+
+def test_one_custom_op_per_call():
+    """The traced graph holds the calls as flagen::run nodes (not inlined, not broken)."""
+    seen = []
+
+    def backend(gm, example_inputs):
+        seen.extend(n.target for n in gm.graph.nodes if n.op == "call_function")
+        return gm.forward
+
     gen = torch.Generator().manual_seed(0)
     q, k, v, g = _leaves(gen, (1, 20, 2, 16), (1, 20, 2, 16), (1, 20, 2, 16), (1, 20, 2))
+    torch._dynamo.reset()
+    torch.compile(lambda q, k, v, g: chunk_simple_gla(q, k, v, g=g)[0] + fused_recurrent_simple_gla(q, k, v, g=g)[0],
+                  fullgraph=True, backend=backend)(q, k, v, g)
+    assert seen.count(torch.ops.flagen.run.default) == 2, seen
 
-    def f(q, k, v, g):
-        return chunk_simple_gla(q, k, v, g=F.logsigmoid(g))[0].square().sum()
 
-    _compare(f, (q, k, v, g), backend="inductor", tol=1e-5)
+def test_opcheck():
+    """torch.library.opcheck: schema, autograd registration and the shape function against the
+    op, with a transposed v and a transposed initial state."""
+    gen = torch.Generator().manual_seed(0)
+    q, k = (torch.randn(1, 12, 2, 16, generator=gen).to(DEVICE).requires_grad_() for _ in range(2))
+    v = torch.randn(1, 2, 12, 16, generator=gen).to(DEVICE).transpose(1, 2).requires_grad_()
+    g = (-torch.rand(1, 12, 2, generator=gen)).to(DEVICE).requires_grad_()
+    h0 = torch.randn(1, 2, 16, 16, generator=gen).to(DEVICE).transpose(-1, -2).requires_grad_()
+    args = ("chunk", "simple_gla", q, k, v, "g", [g], "", [], h0, None, None, True, None, False, 0)
+    torch.library.opcheck(torch.ops.flagen.run.default, args,
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
 
 
 def test_eager_errors_still_name_the_argument():

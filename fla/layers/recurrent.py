@@ -70,6 +70,10 @@ class RecurrentLayer(QKVLayer):
         self._init_readout(use_output_gate, gate_fn, fuse_norm, elementwise_affine, norm_eps, ACT2FN)
         self._op_key = compiled.register(self.op)
 
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._op_key = compiled.register(self.op)  # (a layer unpickled in another process)
+
     @property
     def op(self):
         """The spec's op (flagen.runtime.op.get_op: compiled once per process, then shared),

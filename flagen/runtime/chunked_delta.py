@@ -37,11 +37,12 @@ def launch_config(kind: str, K: int, V: int, BT: int) -> dict:
     """Tiles and launch options of kernel ``chunk_delta_<kind>`` for head dims K, V and chunk
     size BT, from chunked.TILES (overridable with FLAGEN_CHUNK_TILES, swept by
     benchmarks/tune_chunk.py; tests/compile_offline.py checks every one fits the GPU's shared
-    memory). The kernels that walk a sequence hold a whole [K, BV] state (BK covers K, with 8
-    warps from K = 256); one pipeline stage there, as more overflow shared memory (K = 100 takes
+    memory). The kernels that walk a sequence hold a whole [K, BV] state (BK covers K, with at
+    least 8 warps from K = 256, whatever the entry says); one pipeline stage there, as more overflow shared memory (K = 100 takes
     290 KiB in 3 stages with the fp32 w and the split tf32x3 operands; an H100/H200 block has
     227 KiB)."""
-    bk, bv, warps, stages = TILES[TILE_ENTRY[kind]]
+    bk, bv, warps, *stages = TILES[TILE_ENTRY[kind]]  # (an override may leave stages out)
+    stages = stages[0] if stages else 3
     if kind in STATE_KERNELS:
         BK = _tile(K, max(bk, checks.MAX_HEAD_DIM))
         warps = max(warps, 8) if BK >= 256 else warps

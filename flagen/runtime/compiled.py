@@ -58,13 +58,16 @@ def _call(mode: str, variant: str, q, k, v, names, tensors, const_names, consts,
 
 
 def _outputs(o, final_state, q):
-    """(o, S, z) with empty tensors for what the call does not return (an op returns tensors)."""
+    """(o, S, z) with empty tensors for what the call does not return (an op returns tensors),
+    contiguous whatever the inputs' strides (what the shape function says)."""
     empty = q.new_empty(0, dtype=torch.float32)
     if final_state is None:
-        return o, empty, empty.clone()
-    if isinstance(final_state, tuple):
-        return o, final_state[0], final_state[1]
-    return o, final_state, empty
+        S, z = empty, empty.clone()
+    elif isinstance(final_state, tuple):
+        S, z = final_state
+    else:
+        S, z = final_state, empty
+    return o.contiguous(), S.contiguous(), z.contiguous()
 
 
 @torch.library.custom_op("flagen::run", mutates_args=())
@@ -84,10 +87,12 @@ def _(mode, variant, q, k, v, names, tensors, const_names, consts, h0, z0, scale
     op = _op(variant)
     if cu_seqlens is not None:  # its values are checked when the op runs
         checks.tensor("cu_seqlens", cu_seqlens, ndim=1, device=q.device, dtypes=(torch.int32, torch.int64))
+        if cu_seqlens.shape[0] < 2:
+            raise ValueError("`cu_seqlens` must hold at least two offsets [0, ..., T]")
     op._check(q, k, v, _inputs(names, tensors, const_names, consts))
     N = q.shape[0] if cu_seqlens is None else cu_seqlens.shape[0] - 1
     HV, V, K = v.shape[2], v.shape[3], q.shape[3]
-    o = torch.empty_like(v)
+    o = v.new_empty(v.shape)  # contiguous, as the op's
     empty = q.new_empty(0, dtype=torch.float32)
     if not output_final_state:
         return o, empty, empty.clone()
@@ -96,15 +101,17 @@ def _(mode, variant, q, k, v, names, tensors, const_names, consts, h0, z0, scale
     return o, S, z
 
 
-# the dispatcher's thread-local key sets outside any op (autocast's keys excluded)
-_OUTSIDE_OPS = (torch._C._dispatch_tls_local_include_set(), torch._C._dispatch_tls_local_exclude_set())
+_AUTOGRAD_KEYS = ("AutogradFunctionality", "AutogradOther", "AutogradNestedTensor", "ADInplaceOrView")
 
 
 def _autograd_dispatch():
     """torch.library runs an op's implementation with autograd's dispatch keys excluded (its
-    ops record no graph, whatever the grad mode): the key sets of code outside any op, for the
-    backward that differentiates a recomputed forward."""
-    return torch._C._ForceDispatchKeyGuard(*_OUTSIDE_OPS)
+    ops record no graph, whatever the grad mode): let them back in, the rest of the key sets
+    (autocast's, say) as they are, for the backward that differentiates a recomputed forward."""
+    excluded = torch._C._dispatch_tls_local_exclude_set()
+    for key in _AUTOGRAD_KEYS:
+        excluded = excluded.remove(getattr(torch._C.DispatchKey, key))
+    return torch._C._ForceDispatchKeyGuard(torch._C._dispatch_tls_local_include_set(), excluded)
 
 
 @torch.library.custom_op("flagen::run_backward", mutates_args=())
@@ -125,15 +132,15 @@ def run_backward(mode: str, variant: str, q: Tensor, k: Tensor, v: Tensor, names
     out = []
     for x in leaves:
         g = next(grads) if x is not None else None
-        out.append(torch.zeros_like(x) if x is not None and g is None else
-                   g if g is not None else q.new_empty(0))
+        out.append(x.new_zeros(x.shape) if x is not None and g is None else
+                   g.contiguous() if g is not None else q.new_empty(0))
     return out
 
 
 @run_backward.register_fake
 def _(mode, variant, q, k, v, names, tensors, const_names, consts, h0, z0, scale, output_final_state, cu_seqlens,
       reverse, chunk_size, do, dS, dz):
-    return [torch.empty_like(x) if x is not None else q.new_empty(0) for x in (q, k, v, h0, z0, *tensors)]
+    return [x.new_empty(x.shape) if x is not None else q.new_empty(0) for x in (q, k, v, h0, z0, *tensors)]
 
 
 def _setup_context(ctx, inputs, output):
@@ -163,6 +170,9 @@ def call(mode: str, variant: str, q, k, v, *, scale=None, initial_state=None, ou
     traces. Returns (o, final_state) as the op does."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    for n, x in inputs.items():
+        if x is None:
+            raise TypeError(f"{variant}: missing input `{n}`")
     names = [n for n, x in inputs.items() if isinstance(x, torch.Tensor)]
     const_names = [n for n, x in inputs.items() if not isinstance(x, torch.Tensor)]
     h0, z0 = initial_state if isinstance(initial_state, tuple) else (initial_state, None)
