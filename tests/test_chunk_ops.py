@@ -187,25 +187,28 @@ def test_extreme_decays(variant, pattern):
     _chunks_against_reference(variant, q, k, v, h0, inputs, gen)
 
 
-def _chunks_against_reference(variant, q, k, v, h0, inputs, gen):
-    """The chunked op, chunks of 64 and 16, against the float64 reference (finite): output,
-    final state and every gradient (through both), fp32 tolerances."""
+def _chunks_against_reference(variant, q, k, v, h0, inputs, gen, cu_seqlens=None, chunk_sizes=(None, 16), label=""):
+    """The chunked op of ``variant`` (a built-in's name or a spec), at each of ``chunk_sizes``,
+    against the float64 reference (finite): output, final state and every gradient (through
+    both), fp32 tolerances."""
+    spec = BUILTINS[variant] if isinstance(variant, str) else variant
     leaves = [q, k, v, h0, *inputs.values()]
     for x in leaves:
         x.requires_grad_(True)
-    ro, rht = reference.run(BUILTINS[variant], q, k, v, initial_state=h0, output_final_state=True, **inputs)
+    ro, rht = reference.run(spec, q, k, v, initial_state=h0, output_final_state=True, cu_seqlens=cu_seqlens,
+                            **inputs)
     do = torch.randn(ro.shape, generator=gen).to(DEVICE)
     dht = torch.randn(rht.shape, generator=gen).to(DEVICE)
     theirs = torch.autograd.grad((ro * do).sum() + (rht * dht).sum(), leaves)
     assert all(torch.isfinite(t).all() for t in (ro, rht, *theirs))
-    for chunk_size in (None, 16):
-        o, ht = get_op(variant).chunk(q, k, v, initial_state=h0, output_final_state=True, chunk_size=chunk_size,
-                                      **inputs)
+    for chunk_size in chunk_sizes:
+        o, ht = get_op(variant).chunk(q, k, v, initial_state=h0, output_final_state=True, cu_seqlens=cu_seqlens,
+                                      chunk_size=chunk_size, **inputs)
         close("o", o, ro, TOL)
         close("final_state", ht, rht, STATE_TOL)
         ours = torch.autograd.grad((o * do).sum() + (ht * dht).sum(), leaves)
         for name, a, b in zip(["q", "k", "v", "h0", *inputs], ours, theirs):
-            close(f"d{name} (chunk {chunk_size})", a, b, TOL)
+            close(f"d{name} ({label}chunk {chunk_size})", a, b, TOL)
 
 
 @pytest.mark.parametrize("varlen", [False, True], ids=["fixed", "varlen"])
@@ -324,19 +327,7 @@ def test_other_builtins_against_reference(variant):
     if variant == "simple_gla_gamma":
         inputs["g_gamma"] = -torch.rand(HV, generator=gen).to(DEVICE)
     h0 = torch.randn(2, HV, K, V, generator=gen).to(DEVICE)
-    leaves = [q, k, v, h0, *inputs.values()]
-    for x in leaves:
-        x.requires_grad_(True)
-    o, ht = get_op(variant).chunk(q, k, v, initial_state=h0, output_final_state=True, cu_seqlens=cu, **inputs)
-    ro, rht = reference.run(spec, q, k, v, initial_state=h0, output_final_state=True, cu_seqlens=cu, **inputs)
-    close("o", o, ro, TOL)
-    close("final_state", ht, rht, STATE_TOL)
-    do = torch.randn(o.shape, generator=gen).to(DEVICE)
-    dht = torch.randn(ht.shape, generator=gen).to(DEVICE)
-    ours = torch.autograd.grad((o * do).sum() + (ht * dht).sum(), leaves)
-    theirs = torch.autograd.grad((ro * do).sum() + (rht * dht).sum(), leaves)
-    for name, a, b in zip(["q", "k", "v", "h0", *inputs], ours, theirs):
-        close(f"d{name}", a, b, TOL)
+    _chunks_against_reference(variant, q, k, v, h0, inputs, gen, cu_seqlens=cu, chunk_sizes=(None,))
 
 
 def _ssd_reference(v, dt, A, Bm, C, h0):
@@ -467,19 +458,7 @@ def test_per_key_gate_with_a_per_key_head_parameter():
         inputs = {"g": torch.randn(B, T, H, K, generator=gen).to(DEVICE),
                   "A_log": torch.rand(H, generator=gen).to(DEVICE),
                   "dt_bias": torch.randn(H, K, generator=gen).to(DEVICE)}
-        leaves = [q, k, v, h0, *inputs.values()]
-        for x in leaves:
-            x.requires_grad_(True)
-        o, ht = get_op(spec).chunk(q, k, v, initial_state=h0, output_final_state=True, **inputs)
-        ro, rht = reference.run(spec, q, k, v, initial_state=h0, output_final_state=True, **inputs)
-        close("o", o, ro, TOL)
-        close("final_state", ht, rht, STATE_TOL)
-        do = torch.randn(o.shape, generator=gen).to(DEVICE)
-        dht = torch.randn(ht.shape, generator=gen).to(DEVICE)
-        ours = torch.autograd.grad((o * do).sum() + (ht * dht).sum(), leaves)
-        theirs = torch.autograd.grad((ro * do).sum() + (rht * dht).sum(), leaves)
-        for name, a, b in zip(["q", "k", "v", "h0", *inputs], ours, theirs):
-            close(f"d{name} (K {K})", a, b, TOL)
+        _chunks_against_reference(spec, q, k, v, h0, inputs, gen, chunk_sizes=(None,), label=f"K {K}, ")
 
 
 def test_delta_launch_config_follows_tiles(monkeypatch):
