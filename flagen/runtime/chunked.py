@@ -52,13 +52,18 @@ TILES = {
     # the chunked delta rule's kernels (chunk_delta.py.j2, chunked_delta.launch_config): the WY
     # factors, the output, the states' products and the backward through the factors; and the
     # state walks (a whole [K, BV] state: the BK cap is the largest K, 8 warps from K = 256),
-    # one pipeline stage there (more overflow shared memory with the fp32 operands)
+    # 8 warps there. Timed on the H200 at B2_T16384_H16_D128 in bf16
+    # (benchmarks/results/delta_h200.md): 8 warps halve the per-thread registers of the state
+    # walks and of chunk_delta_bwd_wy, whose [BT, BT] blocks spilled in 4. Two pipeline stages
+    # in the forward's walk (chunked_delta.launch_config keeps one where they would not fit);
+    # the backward's overflows shared memory in two with the low-rank form. chunk_delta_bwd_wy
+    # with BK = 32, 8 warps and bf16 products on the scalar path faults on Hopper (Triton 3.6)
     "delta_wy": (64, 64, 4, 3),
     "delta_o": (64, 64, 4, 3),
     "delta_dw": (64, 64, 4, 3),
-    "delta_dwy": (64, 64, 4, 3),
-    "delta_h": (256, 32, 4, 1),
-    "delta_dh": (256, 32, 4, 1),
+    "delta_dwy": (64, 64, 8, 1),
+    "delta_h": (256, 32, 8, 2),
+    "delta_dh": (256, 32, 8, 1),
 }
 for _entry in filter(None, os.environ.get("FLAGEN_CHUNK_TILES", "").split(";")):
     _kind, _values = _entry.split("=")
