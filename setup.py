@@ -1,5 +1,6 @@
 """Packaging beyond pyproject.toml: a built wheel carries the committed kernels of the built-in
-variants (generated/, rendered by `flagen build`) as flagen/generated/, so that an installed
+variants (generated/, rendered by `flagen build`) and the per-GPU tuning tables
+(generated/tuning/, written by `flagen tune`) as flagen/generated/, so that an installed
 flagen imports them and renders nothing (flagen.codegen.build.generated_dir finds them)."""
 
 import shutil
@@ -22,6 +23,11 @@ class BuildPyWithKernels(build_py):
         target.mkdir(parents=True)
         for path in kernels:
             shutil.copyfile(path, target / path.name)
+        tables = sorted(Path(__file__).resolve().parent.joinpath("generated", "tuning").glob("*.json"))
+        if tables:  # the per-GPU tuning tables (flagen tune, flagen.runtime.tuning)
+            (target / "tuning").mkdir()
+            for path in tables:
+                shutil.copyfile(path, target / "tuning" / path.name)
 
 
 setup(cmdclass={"build_py": BuildPyWithKernels})

@@ -3,7 +3,7 @@
     python benchmarks/profile_chunk.py [--ops chunk_gla,chunk_simple_gla] [--shape B,T,H,D]
 
 Prints the CUDA time per kernel of one forward+backward (torch.profiler) and the forward and
-forward+backward times. Tile sweeps: benchmarks/tune_chunk.py.
+forward+backward times. Tile sweeps: `flagen tune`.
 """
 
 from __future__ import annotations

@@ -75,6 +75,52 @@ def cmd_show(args) -> int:
     return 0
 
 
+def cmd_tune(args) -> int:
+    import shlex as _shlex
+
+    import torch
+
+    from flagen import tune
+    from flagen.codegen import build, cache
+    from flagen.runtime import tuning
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise _UserError("`flagen tune` times kernels on a CUDA GPU, and torch sees none here")
+    kinds = args.kinds.split(",")
+    unknown = [k for k in kinds if k not in tune.CANDIDATES]
+    if unknown:
+        raise _UserError(f"--kinds: unknown {', '.join(unknown)}; kinds: {', '.join(tune.CANDIDATES)}")
+    try:
+        shapes = [tuple(int(x) for x in s.split(",")) for s in args.shapes.split(";")]
+        assert all(len(s) == 4 for s in shapes)
+    except (ValueError, AssertionError) as e:
+        raise _UserError(f"--shapes must be B,T,H,D[;B,T,H,D...], got {args.shapes!r}") from e
+    if args.device == "cuda":
+        name, arch = tuning.device_key(torch.device("cuda"))
+        device_name = torch.cuda.get_device_name()
+    else:
+        name, arch, device_name = "cpu", "cpu", "cpu (interpreter: nothing tuned)"
+    if args.out:
+        out = Path(args.out)
+    elif args.variant_file or build.generated_dir() != build.GENERATED_DIR:
+        out = cache.cache_dir() / "tuning" / f"{name}.json"
+    else:
+        out = build.GENERATED_DIR / "tuning" / f"{name}.json"
+    try:
+        result = tune.sweep(args.variants.split(","), shapes, kinds, path=args.path, workers=args.workers,
+                            reps=args.reps, candidates=args.candidates, variant_file=args.variant_file,
+                            device=args.device)
+    except ValueError as e:
+        raise _UserError(str(e)) from e
+    command = "flagen tune " + " ".join(_shlex.quote(a) for a in args.argv)
+    data = tune.table(result, device_name, arch, command)
+    tune.write_table(data, out)
+    for entry, w in sorted(result["winners"].items()):
+        default = w["default_ms"]
+        print(f"{entry}: {tuple(w['tiles'])} {w['ms']:.4f} ms" + (f" (default {default:.4f})" if default else ""))
+    print(f"table: {out}")
+    return 0
+
+
 def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
 
@@ -91,7 +137,27 @@ def main(argv=None) -> int:
     s.add_argument("name")
     s.add_argument("--variant-file", help="a user variant file to look the name up in")
     s.set_defaults(func=cmd_show)
+    t = sub.add_parser("tune", help="time the chunked kernels' launch options on this GPU and write its tuning "
+                                    "table (looked up at run time)")
+    t.add_argument("--variants", default="simple_gla,gla,delta_rule_l2norm,gated_delta_rule_l2norm,kda_l2norm",
+                   help="comma-separated variants whose chunked kernels are timed")
+    t.add_argument("--variant-file", help="a user variant file the variants come from (the table goes to the "
+                                          "user cache)")
+    t.add_argument("--shapes", default="2,16384,16,128;4,2048,16,128", help="B,T,H,D;... (bf16)")
+    t.add_argument("--kinds", default=",".join(["h", "dh", "o", "dv", "dqk", "delta_wy", "delta_h", "delta_o",
+                                                  "delta_dh", "delta_dw", "delta_dwy"]),
+                   help="chunked.TILES kinds to sweep")
+    t.add_argument("--path", choices=["key", "scalar", "none"],
+                   help="tune that decay path's own entries (e.g. h:key)")
+    t.add_argument("--candidates", action="append", default=[], help="KIND=BK,BV,W,S/...: a kind's candidates")
+    t.add_argument("--workers", type=int, default=8, help="processes compiling the rounds first (0: none)")
+    t.add_argument("--reps", type=int, default=5)
+    t.add_argument("--out", help="the table's path (default: generated/tuning/<gpu>.json in a checkout, else "
+                                 "the user cache's tuning/)")
+    t.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help=argparse.SUPPRESS)
+    t.set_defaults(func=cmd_tune)
     args = parser.parse_args(argv)
+    args.argv = list(argv if argv is not None else sys.argv[1:])[1:]
     try:
         return args.func(args)
     except Exception as e:

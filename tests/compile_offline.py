@@ -55,7 +55,7 @@ def compile_module(triton, path: Path, dtypes: dict, failures: list) -> int:
     for (K, V), BT, (dname, dt), varlen in itertools.product(DIMS, CHUNK_SIZES, dtypes.items(), (False, True)):
         for kind in ("wy", "fwd_h", "fwd_o", "bwd_dh", "bwd_dw", "bwd_wy"):
             fn = module.KERNELS[f"chunk_delta_{kind}"]
-            config = launch_config(kind, K, V, BT, getattr(torch, TORCH_DTYPES[dname]))
+            config = launch_config(kind, K, V, BT, getattr(torch, TORCH_DTYPES[dname]), module.DECAY)
             options = {n: config.pop(n) for n in ("num_warps", "num_stages") if n in config}
             consts = dict(H=1, HV=2, K=K, V=V, BT=BT, **config, IS_VARLEN=varlen, USE_H0=True, STORE_HT=True,
                           USE_DHT=True, STORE_DH0=True)

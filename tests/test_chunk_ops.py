@@ -463,7 +463,7 @@ def test_per_key_gate_with_a_per_key_head_parameter():
 
 def test_delta_launch_config_follows_tiles(monkeypatch):
     """The delta rule's tiles and launch options come from chunked.TILES (what
-    FLAGEN_CHUNK_TILES and benchmarks/tune_chunk.py set); the state walks' BK covers K."""
+    FLAGEN_CHUNK_TILES, a tuning table and `flagen tune` set); the state walks' BK covers K."""
     from flagen.runtime import chunked
     from flagen.runtime.chunked_delta import launch_config
     assert launch_config("fwd_h", 100, 48, 64) == dict(BK=128, BV=32, DOT="tf32x3", num_warps=8, num_stages=1)

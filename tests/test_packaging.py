@@ -1,4 +1,4 @@
-"""A built wheel carries the built-in variants' kernels: installed apart from this checkout,
+"""A built wheel carries the built-in variants' kernels and tuning tables: installed apart from this checkout,
 importing flagen and calling ops renders nothing (no Jinja, no sympy printing, nothing written
 to the cache); `flagen build` there refuses to write into site-packages."""
 
@@ -39,6 +39,10 @@ def test_wheel_carries_generated_kernels(tmp_path):
         shutil.copy(ROOT / name, src / name)
     for name in ("flagen", "fla", "generated"):
         shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    # a tuning table goes with the kernels (a made-up GPU's, so that one is there to carry)
+    (src / "generated" / "tuning").mkdir(exist_ok=True)
+    (src / "generated" / "tuning" / "made-up-gpu.json").write_text('{"tiles": {"o": [64, 64, 4, 1]}}')
+    tables = sorted(p.name for p in (src / "generated" / "tuning").glob("*.json"))
     pip = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check"]
     subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", str(tmp_path / "dist"),
                     str(src)], check=True, capture_output=True)
@@ -47,6 +51,8 @@ def test_wheel_carries_generated_kernels(tmp_path):
     kernels = sorted(p.name for p in (ROOT / "generated").glob("*.py"))
     missing = [n for n in kernels if f"flagen/generated/{n}" not in names]
     assert kernels and not missing, f"the wheel lacks generated kernels: {missing}"
+    missing = [n for n in tables if f"flagen/generated/tuning/{n}" not in names]
+    assert not missing, f"the wheel lacks tuning tables: {missing}"
 
     target = tmp_path / "site"
     subprocess.run([*pip, "install", "--no-deps", "--no-index", "--target", str(target), str(wheel)], check=True,

@@ -24,16 +24,17 @@ from flagen.runtime.intmath import cdiv, next_power_of_2
 from flagen.runtime.normalizer import divisor_gradients
 
 # Tiles and launch options per kernel, as (BK cap, BV cap, num_warps[, num_stages]); head
-# dims round up to powers of two below the caps. (Per-GPU tuning belongs to the autotuning
-# issue; the kernels take any power of two >= 16.) An entry "<kind>:<decay>" overrides "<kind>"
-# for that decay path. FLAGEN_CHUNK_TILES="dqk=128,64,8;o:key=64,64,4,2" overrides entries.
+# dims round up to powers of two below the caps. An entry "<kind>:<decay>" overrides "<kind>"
+# for that decay path. These are the defaults: a GPU's tuning table (`flagen tune`,
+# flagen.runtime.tuning) replaces entries on first use, and FLAGEN_CHUNK_TILES=
+# "dqk=128,64,8;o:key=64,64,4,2" overrides both.
 #
 # Triton 3.6 miscompiles some of these kernels on Hopper (wrong outputs or illegal addresses,
 # bisected with tests/diagnose_chunk.py on an H100): chunk_fwd_o/chunk_bwd_dv with 4 warps and
 # BV <= 32 on the scalar and no-decay paths, with 8 warps on the per-key path; chunk_bwd_dqk
 # with a software-pipelined V loop. The entries below avoid every failing combination found;
 # tests/test_chunk_gpu.py sweeps head dims so that a compiler change cannot slip one through.
-# Among the rest, the entries are the fastest that benchmarks/tune_chunk.py found on an H100
+# Among the rest, the entries are the fastest that the tile sweep (now `flagen tune`) found on an H100
 # for H16, D128 at B2_T16384 and B4_T2048 (benchmarks/results/chunk_h100.md); the per-key
 # path's (":key") were tuned again on an H200 after its exact pass was split off
 # (`tune_chunk.py --path key`, benchmarks/results/hardening_h200.md): its fast kernels carry
@@ -65,9 +66,13 @@ TILES = {
     "delta_h": (256, 32, 8, 2),
     "delta_dh": (256, 32, 8, 1),
 }
+DEFAULT_TILES = dict(TILES)
+# entries set in the environment (they win over a GPU's tuning table, flagen.runtime.tuning)
+ENV_TILES = {}
 for _entry in filter(None, os.environ.get("FLAGEN_CHUNK_TILES", "").split(";")):
     _kind, _values = _entry.split("=")
-    TILES[_kind.strip()] = tuple(int(x) for x in _values.split(","))
+    ENV_TILES[_kind.strip()] = tuple(int(x) for x in _values.split(","))
+TILES.update(ENV_TILES)
 SUB_CHUNK = 16  # BC: rows per sub-chunk on the per-key decay path (bounds every exponent)
 FLAG_BLOCK = 256  # FB: flags an exact-pass program scans at once (_launch_passes)
 

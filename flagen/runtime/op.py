@@ -13,7 +13,7 @@ from types import ModuleType
 import torch
 
 from flagen.runtime import checks
-from flagen.runtime import chunked_delta
+from flagen.runtime import chunked_delta, tuning
 from flagen.runtime.chunked import _Chunked, no_double_backward
 from flagen.runtime.chunked_delta import _ChunkedDelta
 from flagen.runtime.gradients import raw_gradients
@@ -219,6 +219,8 @@ class RecurrentOp:
     def _run(self, function, options, q, k, v, scale, initial_state, output_final_state, cu_seqlens, reverse,
              inputs):
         N, seq_lens = self._check(q, k, v, inputs, initial_state, cu_seqlens)
+        if function is not _Recurrent:
+            tuning.ensure(q.device)  # the GPU's launch options, once per process
         if "ckpt_interval" in options:
             # an interval past the longest sequence means one checkpoint per sequence: cap it, as
             # the backward's scratch holds ckpt_interval states (2**31 would not fit in memory)

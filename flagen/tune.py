@@ -1,0 +1,298 @@
+"""`flagen tune`: time the chunked kernels' launch options on this GPU and write its tuning table
+(flagen.runtime.tuning), which the ops then look up at run time.
+
+Every kind (a chunked.TILES entry: h = chunk_fwd_h, dh = chunk_bwd_dh, o = chunk_fwd_o,
+dv = chunk_bwd_dv, dqk = chunk_bwd_dqk; the delta rule's delta_wy, delta_h, delta_o, delta_dh,
+delta_dw, delta_dwy) has a list of candidates (BK, BV, num_warps, num_stages). Round r sets every
+kind to its r-th candidate at once (the kernels are independent, so one profiled
+forward+backward times a candidate of each), and torch.profiler gives each kernel's CUDA time
+per call. Worker processes compile the rounds first, in parallel, each in a process of its own
+(a round whose kernels fault leaves its CUDA context unusable: it is reported, never timed).
+A kind's winner is the candidate with the least time summed over the variants and shapes that
+ran it without error; the table keeps the default where nothing beat it.
+
+Off the GPU (the interpreter, for the tests) the whole forward+backward's wall time stands for
+each kernel's: it exercises the sweep and the table, it tunes nothing.
+
+Triton 3.6 miscompiles some combinations on Hopper (see chunked.TILES): a new table goes with
+a run of tests/run_gpu.sh on that GPU before it is committed.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import re
+import time
+from pathlib import Path
+
+KERNEL = {"h": "chunk_fwd_h", "dh": "chunk_bwd_dh", "o": "chunk_fwd_o", "dv": "chunk_bwd_dv",
+          "dqk": "chunk_bwd_dqk", "delta_wy": "chunk_delta_wy", "delta_o": "chunk_delta_fwd_o",
+          "delta_dw": "chunk_delta_bwd_dw", "delta_dwy": "chunk_delta_bwd_wy", "delta_h": "chunk_delta_fwd_h",
+          "delta_dh": "chunk_delta_bwd_dh"}
+CANDIDATES = {
+    "h": [(64, 64, w, s) for w in (4, 8) for s in (1, 2, 3, 4)]
+    + [(bk, bv, w, s) for bk, bv, ws in [(128, 64, (4, 8)), (128, 32, (4, 8)), (64, 32, (4,)), (32, 64, (4,)),
+                                          (32, 32, (2, 4))] for w in ws for s in (2, 3)],
+    # 4 warps with BV <= 32 miscompiles on the scalar and no-decay paths (chunked.TILES)
+    "o": [(bk, bv, w, s) for bk in (64, 128) for bv in (64, 128) for w in (4, 8) for s in (1, 2, 3)]
+    + [(bk, 32, 8, s) for bk in (64, 128) for s in (1, 2, 3)],
+    "dqk": [(bk, bv, w, 1) for bk in (32, 64, 128) for bv in (32, 64, 128) for w in (4, 8)]
+    + [(64, 64, 8, 2), (64, 64, 4, 2), (128, 64, 8, 2), (64, 128, 8, 2)],
+}
+CANDIDATES["dh"] = CANDIDATES["h"]
+CANDIDATES["dv"] = CANDIDATES["o"]
+# the chunked delta rule's (chunked_delta.launch_config; no tile below 32 there); the state walks
+# hold a whole [K, BV] state (BK covers K whatever the cap; from K = 256 they take 8 warps even
+# where a candidate says 4)
+for _kind in ("delta_wy", "delta_o", "delta_dw", "delta_dwy"):
+    CANDIDATES[_kind] = [(bk, bv, w, st) for bk in (32, 64) for bv in (32, 64) for w in (4, 8) for st in (1, 2, 3)]
+CANDIDATES["delta_h"] = [(256, bv, w, st) for bv in (32, 64) for w in (4, 8) for st in (1, 2)]
+CANDIDATES["delta_dh"] = CANDIDATES["delta_h"]
+DELTA_KINDS = ("delta_wy", "delta_h", "delta_o", "delta_dh", "delta_dw", "delta_dwy")
+DECAY_KINDS = ("h", "dh", "o", "dv", "dqk")
+
+
+def parse_candidates(specs: list[str]) -> None:
+    """--candidates KIND=BK,BV,W,S/BK,BV,W,S...: replace a kind's candidate list."""
+    for spec in specs:
+        kind, opts = spec.split("=")
+        if kind not in CANDIDATES:
+            raise ValueError(f"--candidates: unknown kind {kind!r}; kinds: {', '.join(CANDIDATES)}")
+        CANDIDATES[kind] = [tuple(int(x) for x in o.split(",")) for o in opts.split("/")]
+
+
+def entry_of(kind: str, decay: str, base: dict, path: str | None = None) -> str:
+    """The TILES entry a variant's kernel of ``kind`` reads: "<kind>:<decay>" where that entry
+    exists (or ``path`` asks for it: tune that decay path's own), else "<kind>"."""
+    own = f"{kind}:{path or decay}"
+    return own if path or own in base else kind
+
+
+def round_tiles(kinds: list[str], r: int, decay: str, base: dict, path: str | None = None) -> dict:
+    """TILES entries of round r for a variant of ``decay``: each kind's r-th candidate (kinds
+    whose list is shorter sit this round out)."""
+    return {entry_of(kind, decay, base, path): CANDIDATES[kind][r] for kind in kinds if r < len(CANDIDATES[kind])}
+
+
+def inputs_for(spec, B: int, T: int, H: int, D: int, device, dtype):
+    """q, k, v [B, T, H, D] in ``dtype`` and the variant's other inputs (fp32): log decays in
+    [-1, 0) (or its raw input ~ N(0, 1)), beta in (0, 1) (or raw), keys of unit norm where the
+    delta rule would blow up on raw ones; the low-rank form's a = -kk, b = kk * (0..1)."""
+    import torch
+    import torch.nn.functional as F
+    q, k, v = (torch.randn(B, T, H, D, device=device) for _ in range(3))
+    if spec.delta and not spec.qk_l2norm:
+        k = F.normalize(k, dim=-1)
+    shapes = {"token": (B, T, H), "token_key": (B, T, H, D), "head": (H,), "head_key": (H, D)}
+    inputs = {}
+    for x in spec.inputs:
+        if x.shape.value == "const":
+            inputs[x.name] = -5.0
+            continue
+        u = torch.rand(shapes[x.shape.value], device=device)
+        raw = str(spec.beta if x.name == "beta" else spec.gate) != x.name
+        if x.name == "A_log":
+            inputs[x.name] = torch.log(1 + 15 * u)
+        elif raw:
+            inputs[x.name] = torch.randn_like(u)
+        else:
+            inputs[x.name] = u if x.name == "beta" else -(0.001 + u)
+    if spec.low_rank:
+        kk = F.normalize(torch.randn(B, T, H, D, device=device), dim=-1)
+        inputs["a"], inputs["b"] = -kk, kk * torch.rand(B, T, H, 1, device=device)
+    leaves = [t.to(dtype).requires_grad_(True) for t in (q, k, v)]
+    leaves += [t.requires_grad_(True) for t in inputs.values() if torch.is_tensor(t) and t.is_floating_point()]
+    return leaves[:3], inputs
+
+
+def make_step(variant: str, B: int, T: int, H: int, D: int, device="cuda", variant_file=None):
+    """(forward+backward of ``get_op(variant).chunk`` at one shape, the variant's decay path);
+    bf16 q/k/v on the GPU, fp32 elsewhere."""
+    import torch
+    op, spec = _op_and_spec(variant, variant_file)
+    dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    (q, k, v), inputs = inputs_for(spec, B, T, H, D, device, dtype)
+    leaves = [q, k, v, *(t for t in inputs.values() if torch.is_tensor(t) and t.requires_grad)]
+    do = torch.randn_like(v)
+
+    def step():
+        op.chunk(q, k, v, **inputs)[0].backward(do)
+        for x in leaves:
+            x.grad = None
+    return step, op.module.DECAY
+
+
+def _op_and_spec(variant: str, variant_file: str | None):
+    from flagen.codegen import build
+    from flagen.ir.library import BUILTINS
+    from flagen.runtime.op import get_op
+    if variant_file:
+        specs = {s.name: s for s in build.load_user_specs(Path(variant_file))}
+        if variant not in specs:
+            raise ValueError(f"{variant!r} is not in {variant_file} (it has {', '.join(sorted(specs))})")
+        spec = specs[variant]
+        return get_op(spec), spec
+    if variant not in BUILTINS:
+        raise ValueError(f"unknown variant {variant!r}; built-ins: {', '.join(sorted(BUILTINS))}")
+    return get_op(variant), BUILTINS[variant]
+
+
+def run_round(step, tiles: dict, base: dict) -> dict[str, str]:
+    """Run with this round's tiles; on failure, find which kinds fail alone. Returns {entry: error}."""
+    from flagen.runtime import chunked
+    chunked.TILES.update(base)
+    chunked.TILES.update(tiles)
+    try:
+        step()
+        return {}
+    except Exception:  # noqa: BLE001 - out of shared memory etc.: isolate the culprits
+        errors = {}
+        for entry, opt in tiles.items():
+            chunked.TILES.update(base)
+            chunked.TILES[entry] = opt
+            try:
+                step()
+            except Exception as e:  # noqa: BLE001
+                errors[entry] = f"{type(e).__name__}: {str(e)[:120]}"
+        return errors
+    finally:
+        chunked.TILES.update(base)
+
+
+def _warm(job):
+    """Worker, one round per process: compile it (T = 1024: the same specialisations as the
+    timed shapes) and run it once. Returns (variant, round, error)."""
+    variant, variant_file, B, H, D, kinds, r, candidates, path = job
+    parse_candidates(candidates)  # spawned: the parent's --candidates again
+    import torch
+
+    from flagen.runtime import chunked, tuning
+    try:
+        tuning.reset()
+        base = dict(chunked.TILES)
+        step, decay = make_step(variant, B, 1024, H, D, variant_file=variant_file)
+        run_round(step, round_tiles(kinds, r, decay, base, path), base)
+        torch.cuda.synchronize()
+        return variant, r, None
+    except Exception as e:  # noqa: BLE001 - a fault: report it, the process ends with the task
+        return variant, r, f"{type(e).__name__}: {str(e)[:120]}"
+
+
+def _time_round(step, tiles, base, reps, device_type) -> dict[str, float]:
+    """ms per call of each kind's kernel in this round (off the GPU: the whole step's)."""
+    import torch
+
+    from flagen.runtime import chunked
+    chunked.TILES.update(tiles)
+    try:
+        if device_type != "cuda":
+            step()
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                step()
+            ms = (time.perf_counter() - t0) / reps * 1000
+            return {entry: ms for entry in tiles}
+        step()
+        torch.cuda.synchronize()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            for _ in range(reps):
+                step()
+            torch.cuda.synchronize()
+        times = {e.key: e.device_time_total / e.count / 1000 for e in prof.key_averages() if e.count}
+        out = {}
+        for entry in tiles:
+            keys = [k for k in times if k.endswith(KERNEL[entry.split(":")[0]])]
+            if keys:
+                out[entry] = times[keys[0]]
+        return out
+    finally:
+        chunked.TILES.update(base)
+
+
+def sweep(variants: list[str], shapes: list[tuple[int, int, int, int]], kinds: list[str], path: str | None = None,
+          workers: int = 1, reps: int = 5, candidates: list[str] = (), variant_file: str | None = None,
+          device: str = "cuda", log=print) -> dict:
+    """Time every round of ``kinds`` for each variant and shape; returns {"base", "rows",
+    "winners"}: rows (variant, shape, entry, tiles, ms or error), and per entry the candidate
+    with the least total time over the variant-shapes that ran it without error."""
+    import torch
+
+    from flagen.runtime import chunked, tuning
+    parse_candidates(list(candidates))
+    tuning.reset()
+    base = dict(chunked.TILES)
+    n_rounds = max(len(CANDIDATES[k]) for k in kinds)
+    faults = {}
+    if device == "cuda" and workers > 0:
+        B, _, H, D = shapes[0]
+        jobs = [(v, variant_file, B, H, D, kinds, r, list(candidates), path) for v in variants for r in range(n_rounds)]
+        with mp.get_context("spawn").Pool(workers, maxtasksperchild=1) as pool:
+            faults = {(v, r): err for v, r, err in pool.map(_warm, jobs, chunksize=1) if err}
+        for (v, r), err in sorted(faults.items()):
+            log(f"round {r} of {v} faulted in its worker, not timed: {err}")
+    rows = []
+    for variant in variants:
+        for B, T, H, D in shapes:
+            shape = f"B{B}_T{T}_H{H}_D{D}"
+            step, decay = make_step(variant, B, T, H, D, device=device, variant_file=variant_file)
+            for r in range(n_rounds):
+                tiles = round_tiles(kinds, r, decay, base, path)
+                if (variant, r) in faults:
+                    rows += [dict(variant=variant, shape=shape, entry=e, tiles=list(o), error="round faulted: "
+                                  + faults[variant, r]) for e, o in tiles.items()]
+                    continue
+                errors = run_round(step, tiles, base)
+                good = {e: o for e, o in tiles.items() if e not in errors}
+                times = _time_round(step, good, base, reps, device) if good else {}
+                for entry, opt in tiles.items():
+                    row = dict(variant=variant, shape=shape, entry=entry, tiles=list(opt))
+                    if entry in errors:
+                        row["error"] = errors[entry]
+                    elif entry in times:
+                        row["ms"] = times[entry]
+                    else:
+                        continue  # the variant has no such kernel (a decay family's kind on the delta rule)
+                    rows.append(row)
+            if device == "cuda":
+                torch.cuda.synchronize()
+    winners = {}
+    for entry in {row["entry"] for row in rows}:
+        runs = {(row["variant"], row["shape"]) for row in rows if row["entry"] == entry}
+        totals = {}
+        for row in rows:
+            if row["entry"] == entry:
+                key = tuple(row["tiles"])
+                totals.setdefault(key, [0.0, 0, False])
+                if "ms" in row:
+                    totals[key][0] += row["ms"]
+                    totals[key][1] += 1
+                else:
+                    totals[key][2] = True
+        complete = {k: t for k, (t, n, bad) in totals.items() if n == len(runs) and not bad}
+        if complete:
+            best = min(complete, key=complete.get)
+            winners[entry] = dict(tiles=list(best), ms=complete[best],
+                                  default_ms=next((complete[k] for k in complete if k[:3] == tuple(
+                                      base.get(entry, base[entry.split(":")[0]]))[:3]), None))
+    return dict(base={k: list(v) for k, v in base.items()}, rows=rows, winners=winners)
+
+
+def table(result: dict, device_name: str, arch: str, command: str) -> dict:
+    """The tuning table (flagen.runtime.tuning) from a sweep: the winners' tiles and timings."""
+    import torch
+    import triton
+    return dict(device=device_name, arch=arch, versions=dict(torch=torch.__version__, triton=triton.__version__),
+                command=command, tiles={e: w["tiles"] for e, w in sorted(result["winners"].items())},
+                timings={e: dict(ms=round(w["ms"], 4), default_ms=w["default_ms"] and round(w["default_ms"], 4))
+                         for e, w in sorted(result["winners"].items())})
+
+
+def write_table(data: dict, path: Path) -> None:
+    """Written atomically (a temporary file renamed into place)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{time.time_ns()}.tmp")
+    text = json.dumps(data, indent=1)
+    text = re.sub(r"\[\s+([^\[\]{}]*?)\s+\]", lambda m: "[" + " ".join(m.group(1).split()) + "]", text)
+    tmp.write_text(text + "\n", encoding="utf-8")
+    tmp.replace(path)

@@ -1,0 +1,112 @@
+"""Per-GPU tuning tables (flagen.runtime.tuning) and `flagen tune` (flagen/tune.py): a table is
+looked up once per process and replaces TILES entries, FLAGEN_CHUNK_TILES wins over it, a GPU
+without one runs the defaults with a one-line hint, a malformed table is an error naming the
+file; `flagen tune` sweeps candidates and writes a table the runtime reads (on the CPU through
+the interpreter: the machinery, not a tuning)."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+
+from flagen import cli, tune
+from flagen.runtime import chunked, tuning
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch, tmp_path):
+    """A "Fake GPU 9000" (sm99) with an empty user cache; TILES restored afterwards."""
+    monkeypatch.setenv("FLAGEN_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(tuning, "device_key", lambda device: ("fake-gpu-9000", "sm99"))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Fake GPU 9000")
+    tuning.reset()
+    yield tmp_path / "cache" / "tuning"
+    tuning.reset()
+
+
+def _write(folder, name, tiles):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text(json.dumps(dict(device="Fake GPU 9000", arch="sm99", tiles=tiles)))
+
+
+def test_table_is_applied_once_and_the_environment_wins(fake_gpu, monkeypatch):
+    monkeypatch.setitem(chunked.ENV_TILES, "dqk", (32, 32, 4, 1))
+    tuning.reset()
+    _write(fake_gpu, "fake-gpu-9000.json", {"o": [32, 128, 8, 2], "delta_h": [256, 64, 8, 1], "dqk": [64, 64, 8, 1]})
+    path = tuning.apply(torch.device("cuda", 0))
+    assert path.endswith("fake-gpu-9000.json")
+    assert chunked.TILES["o"] == (32, 128, 8, 2) and chunked.TILES["delta_h"] == (256, 64, 8, 1)
+    assert chunked.TILES["dqk"] == (32, 32, 4, 1)  # FLAGEN_CHUNK_TILES's
+    # once per process: a later table is not read until reset
+    _write(fake_gpu, "fake-gpu-9000.json", {"o": [64, 64, 4, 1]})
+    tuning.ensure(torch.device("cuda", 0))
+    assert chunked.TILES["o"] == (32, 128, 8, 2)
+    tuning.reset()
+    assert chunked.TILES["o"] == chunked.DEFAULT_TILES["o"] and chunked.TILES["dqk"] == (32, 32, 4, 1)
+
+
+def test_architecture_table_and_cpu_tensors(fake_gpu):
+    _write(fake_gpu, "sm99.json", {"h": [32, 64, 4, 2]})
+    tuning.ensure(torch.device("cpu"))  # nothing for CPU tensors
+    assert chunked.TILES["h"] == chunked.DEFAULT_TILES["h"]
+    assert tuning.apply(torch.device("cuda", 0)).endswith("sm99.json")
+    assert chunked.TILES["h"] == (32, 64, 4, 2)
+
+
+def test_no_table_runs_the_defaults_with_a_hint(fake_gpu):
+    with pytest.warns(UserWarning, match="no tuning table for Fake GPU 9000 .*flagen tune"):
+        assert tuning.apply(torch.device("cuda", 0)) is None
+    assert chunked.TILES == {**chunked.DEFAULT_TILES, **chunked.ENV_TILES}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tuning.ensure(torch.device("cuda", 0))  # said once
+
+
+@pytest.mark.parametrize("content", ["{not json", json.dumps(dict(tiles={"nonsense": [1, 2, 3]})),
+                                     json.dumps(dict(tiles={"o": [64, 64]})), json.dumps(dict(device="x"))])
+def test_a_malformed_table_names_its_file(fake_gpu, content):
+    fake_gpu.mkdir(parents=True)
+    (fake_gpu / "fake-gpu-9000.json").write_text(content)
+    with pytest.raises(ValueError, match="fake-gpu-9000.json"):
+        tuning.apply(torch.device("cuda", 0))
+
+
+def test_flagen_tune_writes_a_table_the_runtime_reads(fake_gpu, tmp_path, capsys):
+    """Two candidates of chunk_fwd_o for simple GLA (its "o" entry) and of chunk_delta_bwd_wy for
+    Gated DeltaNet, which reads "delta_dwy" (scalar path): a table with both entries, each one
+    of its candidates, and the command that made it."""
+    out = tmp_path / "table.json"
+    argv = ["tune", "--device", "cpu", "--variants", "simple_gla,gated_delta_rule", "--shapes", "1,20,1,16",
+            "--kinds", "o,delta_dwy", "--candidates", "o=64,64,4,1/32,32,4,1",
+            "--candidates", "delta_dwy=32,32,4,1/64,64,4,1", "--reps", "1", "--workers", "0", "--out", str(out)]
+    assert cli.main(argv) == 0
+    data = json.loads(out.read_text())
+    assert set(data["tiles"]) == {"o", "delta_dwy"}
+    assert tuple(data["tiles"]["o"]) in tune.CANDIDATES["o"]
+    assert tuple(data["tiles"]["delta_dwy"]) in tune.CANDIDATES["delta_dwy"]
+    assert data["command"].startswith("flagen tune --device cpu") and data["versions"]["triton"]
+    assert "table: " in capsys.readouterr().out
+    assert tuning.read_table(out) == {k: tuple(v) for k, v in data["tiles"].items()}
+
+
+def test_entries_follow_the_decay_path():
+    base = {"h": (64, 64, 4, 3), "h:key": (32, 128, 4, 3)}
+    assert tune.entry_of("h", "key", base) == "h:key"
+    assert tune.entry_of("h", "scalar", base) == "h"
+    assert tune.entry_of("h", "scalar", base, path="scalar") == "h:scalar"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--kinds", "o,nonsense"], "--kinds: unknown nonsense"),
+    (["--shapes", "1,2,3"], "--shapes must be B,T,H,D"),
+    (["--variants", "no_such_variant"], "unknown variant 'no_such_variant'"),
+])
+def test_flagen_tune_user_errors_are_one_line(fake_gpu, tmp_path, capsys, args, message):
+    argv = ["tune", "--device", "cpu", "--shapes", "1,20,1,16", "--kinds", "o", "--candidates", "o=64,64,4,1",
+            "--reps", "1", "--workers", "0", "--out", str(tmp_path / "t.json"), *args]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and err.count("\n") == 1
