@@ -34,10 +34,10 @@ from flagen.runtime.normalizer import divisor_gradients
 # BV <= 32 on the scalar and no-decay paths, with 8 warps on the per-key path; chunk_bwd_dqk
 # with a software-pipelined V loop. The entries below avoid every failing combination found;
 # tests/test_chunk_gpu.py sweeps head dims so that a compiler change cannot slip one through.
-# Among the rest, the entries are the fastest that the tile sweep (now `flagen tune`) found on an H100
-# for H16, D128 at B2_T16384 and B4_T2048 (benchmarks/results/chunk_h100.md); the per-key
-# path's (":key") were tuned again on an H200 after its exact pass was split off
-# (`tune_chunk.py --path key`, benchmarks/results/hardening_h200.md): its fast kernels carry
+# Among the rest, the entries are the fastest that the tile sweep (now `flagen tune`) found on
+# an H100 for H16, D128 at B2_T16384 and B4_T2048 (benchmarks/results/chunk_h100.md); the
+# per-key path's (":key") were tuned again on an H200 after its exact pass was split off
+# (`--path key`, benchmarks/results/hardening_h200.md): its fast kernels carry
 # fewer registers, and chunk_fwd_o/chunk_bwd_dv take a whole 128-wide V tile in 4 warps.
 TILES = {
     "h": (64, 64, 4, 3),     # chunk_fwd_h: a [BK, BV] state tile per program
@@ -53,18 +53,13 @@ TILES = {
     # the chunked delta rule's kernels (chunk_delta.py.j2, chunked_delta.launch_config): the WY
     # factors, the output, the states' products and the backward through the factors; and the
     # state walks (a whole [K, BV] state: the BK cap is the largest K, 8 warps from K = 256),
-    # 8 warps there. Timed on the H200 at B2_T16384_H16_D128 in bf16
-    # (benchmarks/results/delta_h200.md): 8 warps halve the per-thread registers of the state
-    # walks and of chunk_delta_bwd_wy, whose [BT, BT] blocks spilled in 4. Two pipeline stages
-    # in the forward's walk (chunked_delta.launch_config keeps one where they would not fit);
-    # the backward's overflows shared memory in two with the low-rank form. chunk_delta_bwd_wy
-    # with BK = 32, 8 warps and bf16 products on the scalar path faults on Hopper (Triton 3.6)
+    # one pipeline stage there (more overflow shared memory with the fp32 operands)
     "delta_wy": (64, 64, 4, 3),
     "delta_o": (64, 64, 4, 3),
     "delta_dw": (64, 64, 4, 3),
-    "delta_dwy": (64, 64, 8, 1),
-    "delta_h": (256, 32, 8, 2),
-    "delta_dh": (256, 32, 8, 1),
+    "delta_dwy": (64, 64, 4, 3),
+    "delta_h": (256, 32, 4, 1),
+    "delta_dh": (256, 32, 4, 1),
 }
 DEFAULT_TILES = dict(TILES)
 # entries set in the environment (they win over a GPU's tuning table, flagen.runtime.tuning)

@@ -33,36 +33,22 @@ def _tile(n: int, cap: int) -> int:
     return max(MIN_TILE, min(cap, next_power_of_2(n)))
 
 
-# The precision of each kernel's products (wy_dot's DOT) by the inputs' dtype: (the factors and
-# the forward's state walk, the rest). The first feed every later state (fp32 states stay within
-# 1e-3 of float64 at any length only with about fp32 products: tf32x3); the output and the
-# gradients take one product with operands rounded as the inputs were (bf16, or tf32 for fp16:
-# fp16's 11 bits without its range), as an error of 2^-9 there is the inputs' own.
-DOT_PRECISION = {torch.float32: ("tf32x3", "tf32x3"), torch.float16: ("tf32x3", "tf32"),
-                 torch.bfloat16: ("bf16x3", "bf16")}
-EXACT_KERNELS = ("wy", "fwd_h")
-
-
-def launch_config(kind: str, K: int, V: int, BT: int, dtype: torch.dtype = torch.float32, decay: str = "none") -> dict:
+def launch_config(kind: str, K: int, V: int, BT: int) -> dict:
     """Tiles and launch options of kernel ``chunk_delta_<kind>`` for head dims K, V and chunk
     size BT, from chunked.TILES (overridable with FLAGEN_CHUNK_TILES, swept by
     `flagen tune`; tests/compile_offline.py checks every one fits the GPU's shared
-    memory), and the products' precision for inputs of ``dtype`` (v's: q and k are fp32 once
-    L2-normalised); an entry "<kind>:<decay>" is that decay path's own. The kernels that
-    walk a sequence hold a whole [K, BV] state (BK covers K, with at least 8 warps from
-    K = 256, whatever the entry says) and pipeline one stage past K = 128 or in fp32."""
-    entry = TILE_ENTRY[kind]
-    bk, bv, warps, *stages = TILES.get(f"{entry}:{decay}", TILES[entry])  # (an override may leave stages out)
+    memory). The kernels that walk a sequence hold a whole [K, BV] state (BK covers K, with at
+    least 8 warps from K = 256, whatever the entry says); one pipeline stage there, as more overflow shared memory (K = 100 takes
+    290 KiB in 3 stages with the fp32 w and the split tf32x3 operands; an H100/H200 block has
+    227 KiB)."""
+    bk, bv, warps, *stages = TILES[TILE_ENTRY[kind]]  # (an override may leave stages out)
     stages = stages[0] if stages else 3
     if kind in STATE_KERNELS:
         BK = _tile(K, max(bk, checks.MAX_HEAD_DIM))
         warps = max(warps, 8) if BK >= 256 else warps
-        if BK > 128 or dtype == torch.float32:
-            stages = 1  # two overflow shared memory (K = 100 in fp32: 232 KiB; a block has 227)
     else:
         BK = _tile(K, bk)
-    dot = DOT_PRECISION[dtype][kind not in EXACT_KERNELS]
-    return dict(BK=BK, BV=_tile(V, bv), DOT=dot, num_warps=warps, num_stages=stages)
+    return dict(BK=BK, BV=_tile(V, bv), num_warps=warps, num_stages=stages)
 
 
 def _wy(op, q, k, v, inputs, chunks, meta):
@@ -80,7 +66,7 @@ def _wy(op, q, k, v, inputs, chunks, meta):
         op.module.KERNELS["chunk_delta_wy"][chunks.grid](
             q, k, v, *inputs, Tm, P, *low.values(), w, u, meta["cu"], chunks.indices, T,
             H=H, HV=HV, K=K, V=V, BT=chunks.BT, IS_VARLEN=meta["cu"] is not None,
-            **launch_config("wy", K, V, chunks.BT, v.dtype, op.module.DECAY),
+            **launch_config("wy", K, V, chunks.BT),
         )
     return Tm, P, w, u, low
 
@@ -93,7 +79,7 @@ def _states(op, q, k, v, inputs, w, u, h0, chunks, meta, store_ht):
     h = torch.empty(chunks.NC, HV, K, V, **f32)
     v_new = torch.empty(B * T, HV, V, **f32)
     ht = torch.empty(meta["N"], HV, K, V, **f32) if store_ht else None
-    config = launch_config("fwd_h", K, V, chunks.BT, v.dtype, op.module.DECAY)
+    config = launch_config("fwd_h", K, V, chunks.BT)
     op.module.KERNELS["chunk_delta_fwd_h"][(cdiv(V, config["BV"]), meta["N"] * HV)](
         q, k, v, *inputs, w, u, h, v_new, h0, ht, meta["cu"], chunks.offsets, T,
         H=H, HV=HV, K=K, V=V, BT=chunks.BT, IS_VARLEN=meta["cu"] is not None,
@@ -120,7 +106,7 @@ class _ChunkedDelta(torch.autograd.Function):
         h, v_new, ht = _states(op, q, k, v, inputs, w, u, h0, chunks, meta, meta["output_final_state"])
         o = torch.empty_like(v)
         if chunks.NC:
-            config = launch_config("fwd_o", K, V, BT, v.dtype, op.module.DECAY)
+            config = launch_config("fwd_o", K, V, BT)
             op.module.KERNELS["chunk_delta_fwd_o"][(*chunks.grid, cdiv(V, config["BV"]))](
                 q, k, v, *inputs, h, P, *([low["Pk"]] if low else []), v_new, o, meta["cu"], chunks.indices,
                 meta["scale"], T,
@@ -152,7 +138,7 @@ class _ChunkedDelta(torch.autograd.Function):
         dh = torch.empty_like(h)
         dv_new = torch.empty_like(v_new)
         dh0 = torch.empty(N, HV, K, V, **f32) if h0 is not None else None
-        config = launch_config("bwd_dh", K, V, BT, v.dtype, op.module.DECAY)
+        config = launch_config("bwd_dh", K, V, BT)
         kern["chunk_delta_bwd_dh"][(cdiv(V, config["BV"]), N * HV)](
             q, k, v, *inputs, w, P, do, dh, dv_new, *([dvk] if low else []),
             dht.contiguous() if dht is not None else None, dh0,
@@ -169,7 +155,7 @@ class _ChunkedDelta(torch.autograd.Function):
         dk = torch.empty_like(dq)
         dv = torch.empty_like(v)
         if NC:
-            config = launch_config("bwd_dw", K, V, BT, v.dtype, op.module.DECAY)
+            config = launch_config("bwd_dw", K, V, BT)
             dqs, dw, dbc = (torch.empty(NT, HV, K, **f32) for _ in range(3))
             sdh = torch.empty(NC, HV, K, **f32)
             dkc = torch.empty_like(dqs) if low else None
@@ -182,7 +168,7 @@ class _ChunkedDelta(torch.autograd.Function):
                 q, k, v, *inputs, Tm, P, *low.values(), *([dvk, dkc] if low else []), v_new, dv_new, do, dqs, dw,
                 dbc, sdh, dq, dk, dv, *grads.values(),
                 cu, chunks.indices, meta["scale"], T,
-                H=H, HV=HV, K=K, V=V, BT=BT, IS_VARLEN=varlen, **launch_config("bwd_wy", K, V, BT, v.dtype, op.module.DECAY),
+                H=H, HV=HV, K=K, V=V, BT=BT, IS_VARLEN=varlen, **launch_config("bwd_wy", K, V, BT),
             )
         else:  # no tokens at all
             dv.zero_(), dq.zero_(), dk.zero_()
