@@ -110,3 +110,17 @@ def test_flagen_tune_user_errors_are_one_line(fake_gpu, tmp_path, capsys, args, 
     assert cli.main(argv) == 1
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_flagen_tune_a_user_variant_into_the_user_cache(fake_gpu, capsys):
+    """A user variant (examples/variants/) is tuned the same way; with no --out its table goes
+    to the user cache's tuning/ (here named after the interpreter's "cpu")."""
+    from pathlib import Path
+    variants = Path(__file__).resolve().parent.parent / "examples" / "variants" / "novel_delta_rules.py"
+    argv = ["tune", "--device", "cpu", "--variant-file", str(variants), "--variants", "gated_delta_rule_learned_floor",
+            "--shapes", "1,20,1,16", "--kinds", "delta_dwy", "--candidates", "delta_dwy=32,32,4,1/64,64,4,1",
+            "--reps", "1", "--workers", "0"]
+    assert cli.main(argv) == 0
+    table = fake_gpu / "cpu.json"
+    assert f"table: {table}" in capsys.readouterr().out
+    assert tuple(tuning.read_table(table)["delta_dwy"]) in tune.CANDIDATES["delta_dwy"]
