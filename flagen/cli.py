@@ -126,6 +126,7 @@ def _one_line(e: BaseException) -> str:
 
 
 def main(argv=None) -> int:
+    from flagen import tune  # (its candidate lists: no torch import)
     parser = argparse.ArgumentParser(prog="flagen", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="render the built-in variants into generated/, or build user variants")
@@ -144,8 +145,7 @@ def main(argv=None) -> int:
     t.add_argument("--variant-file", help="a user variant file the variants come from (the table goes to the "
                                           "user cache)")
     t.add_argument("--shapes", default="2,16384,16,128;4,2048,16,128", help="B,T,H,D;... (bf16)")
-    t.add_argument("--kinds", default=",".join(["h", "dh", "o", "dv", "dqk", "delta_wy", "delta_h", "delta_o",
-                                                  "delta_dh", "delta_dw", "delta_dwy"]),
+    t.add_argument("--kinds", default=",".join(tune.DECAY_KINDS + tune.DELTA_KINDS),
                    help="chunked.TILES kinds to sweep")
     t.add_argument("--path", choices=["key", "scalar", "none"],
                    help="tune that decay path's own entries (e.g. h:key)")

@@ -8,8 +8,9 @@ kind to its r-th candidate at once (the kernels are independent, so one profiled
 forward+backward times a candidate of each), and torch.profiler gives each kernel's CUDA time
 per call. Worker processes compile the rounds first, in parallel, each in a process of its own
 (a round whose kernels fault leaves its CUDA context unusable: it is reported, never timed).
-A kind's winner is the candidate with the least time summed over the variants and shapes that
-ran it without error; the table keeps the default where nothing beat it.
+An entry's winner is the candidate with the least time summed over the variants and shapes
+that read it, among those that ran everywhere without error; an entry with no such candidate
+is left out of the table (the default stays).
 
 Off the GPU (the interpreter, for the tests) the whole forward+backward's wall time stands for
 each kernel's: it exercises the sweep and the table, it tunes nothing.
@@ -186,14 +187,13 @@ def _time_round(step, tiles, base, reps, device_type) -> dict[str, float]:
     from flagen.runtime import chunked
     chunked.TILES.update(tiles)
     try:
+        # (run_round has just run the step with these tiles: compiled and warm)
         if device_type != "cuda":
-            step()
             t0 = time.perf_counter()
             for _ in range(reps):
                 step()
             ms = (time.perf_counter() - t0) / reps * 1000
             return {entry: ms for entry in tiles}
-        step()
         torch.cuda.synchronize()
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
             for _ in range(reps):
