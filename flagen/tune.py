@@ -12,11 +12,16 @@ An entry's winner is the candidate with the least time summed over the variants 
 that read it, among those that ran everywhere without error; an entry with no such candidate
 is left out of the table (the default stays).
 
-Off the GPU (the interpreter, for the tests) the whole forward+backward's wall time stands for
-each kernel's: it exercises the sweep and the table, it tunes nothing.
+Triton 3.6 miscompiles some combinations on Hopper (see chunked.TILES): wrong results, which
+run fast. So every round is also checked before it is timed: its forward+backward (output and
+every gradient) at CHECK_SHAPES (odd length, head dims below a tile, fp32 and bf16) must match
+the default launch options' within CHECK_TOLERANCE; where it does not, each of the round's
+entries is run alone to find the culprits, which are reported and never win. A new table still
+goes with a run of tests/run_gpu.sh on that GPU before it is committed.
 
-Triton 3.6 miscompiles some combinations on Hopper (see chunked.TILES): a new table goes with
-a run of tests/run_gpu.sh on that GPU before it is committed.
+Off the GPU (the interpreter, for the tests) the whole forward+backward's wall time stands for
+each kernel's, and the check runs at one small shape: it exercises the sweep, the check and the
+table, it tunes nothing.
 """
 
 from __future__ import annotations
@@ -76,13 +81,25 @@ def round_tiles(kinds: list[str], r: int, decay: str, base: dict, path: str | No
     return {entry_of(kind, decay, base, path): CANDIDATES[kind][r] for kind in kinds if r < len(CANDIDATES[kind])}
 
 
-def inputs_for(spec, B: int, T: int, H: int, D: int, device, dtype):
-    """q, k, v [B, T, H, D] in ``dtype`` and the variant's other inputs (fp32): log decays in
-    [-1, 0) (or its raw input ~ N(0, 1)), beta in (0, 1) (or raw), keys of unit norm where the
-    delta rule would blow up on raw ones; the low-rank form's a = -kk, b = kk * (0..1)."""
+# The rounds' check (see above): (B, T, H, K, V, dtype) on the GPU, and off it; a gradient or
+# output may differ from the defaults' by CHECK_TOLERANCE of its largest magnitude (other tiles
+# only reorder fp32 sums and round the same operands: ~1e-6, or one bf16 step of an output,
+# 2^-8; the miscompiles found are off by 10% to 100x)
+CHECK_SHAPES = {"cuda": ((2, 130, 2, 128, 128, "bfloat16"), (2, 130, 2, 48, 100, "float32"),
+                         (1, 130, 2, 32, 16, "bfloat16")),
+                "cpu": ((1, 20, 1, 16, 8, "float32"),)}
+CHECK_TOLERANCE = 1e-2
+
+
+def inputs_for(spec, B: int, T: int, H: int, D: int, device, dtype, V: int | None = None):
+    """q, k [B, T, H, D], v [B, T, H, V or D] in ``dtype`` and the variant's other inputs (fp32):
+    log decays in [-1, 0) (or its raw input ~ N(0, 1)), beta in (0, 1) (or raw), keys of unit
+    norm where the delta rule would blow up on raw ones; the low-rank form's a = -kk,
+    b = kk * (0..1)."""
     import torch
     import torch.nn.functional as F
-    q, k, v = (torch.randn(B, T, H, D, device=device) for _ in range(3))
+    q, k = (torch.randn(B, T, H, D, device=device) for _ in range(2))
+    v = torch.randn(B, T, H, V or D, device=device)
     if spec.delta and not spec.qk_l2norm:
         k = F.normalize(k, dim=-1)
     shapes = {"token": (B, T, H), "token_key": (B, T, H, D), "head": (H,), "head_key": (H, D)}
@@ -107,20 +124,25 @@ def inputs_for(spec, B: int, T: int, H: int, D: int, device, dtype):
     return leaves[:3], inputs
 
 
-def make_step(variant: str, B: int, T: int, H: int, D: int, device="cuda", variant_file=None):
+def make_step(variant: str, B: int, T: int, H: int, D: int, device="cuda", variant_file=None,
+              V: int | None = None, dtype: str | None = None):
     """(forward+backward of ``get_op(variant).chunk`` at one shape, the variant's decay path);
-    bf16 q/k/v on the GPU, fp32 elsewhere."""
+    the step returns [o, every input's gradient]. q/k/v in ``dtype``: by default bf16 on the
+    GPU, fp32 elsewhere."""
     import torch
     op, spec = _op_and_spec(variant, variant_file)
-    dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
-    (q, k, v), inputs = inputs_for(spec, B, T, H, D, device, dtype)
+    dtype = getattr(torch, dtype) if dtype else torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    (q, k, v), inputs = inputs_for(spec, B, T, H, D, device, dtype, V)
     leaves = [q, k, v, *(t for t in inputs.values() if torch.is_tensor(t) and t.requires_grad)]
     do = torch.randn_like(v)
 
     def step():
-        op.chunk(q, k, v, **inputs)[0].backward(do)
+        o = op.chunk(q, k, v, **inputs)[0]
+        o.backward(do)
+        results = [o.detach(), *(x.grad for x in leaves)]
         for x in leaves:
             x.grad = None
+        return results
     return step, op.module.DECAY
 
 
@@ -161,9 +183,51 @@ def run_round(step, tiles: dict, base: dict) -> dict[str, str]:
         chunked.TILES.update(base)
 
 
+def _mismatch(got: list, want: list) -> str | None:
+    """Which result of a step differs from the defaults' beyond CHECK_TOLERANCE, or None."""
+    names = ["o", "dq", "dk", "dv"] + [f"d(input {i})" for i in range(len(want))]
+    for name, a, b in zip(names, got, want):
+        a, b = a.float(), b.float()
+        scale = b.abs().max().item() if b.numel() else 0.0
+        err = (a - b).abs().max().item() if b.numel() else 0.0
+        if not err <= CHECK_TOLERANCE * max(scale, 1e-6):  # (NaN fails too)
+            return f"{name} off by {err:.3g} (largest {scale:.3g})"
+    return None
+
+
+def wrong_entries(variant: str, tiles: dict, base: dict, device: str = "cuda",
+                  variant_file: str | None = None) -> dict[str, str]:
+    """{entry: why} for the entries of a round whose results differ from the defaults' at
+    CHECK_SHAPES. A round that differs while no entry alone does has every entry reported."""
+    from flagen.runtime import chunked
+
+    def run(step, entries):
+        chunked.TILES.update(base)
+        chunked.TILES.update(entries)
+        try:
+            return step()
+        finally:
+            chunked.TILES.update(base)
+
+    wrong = {}
+    for B, T, H, K, V, dtype in CHECK_SHAPES["cuda" if device == "cuda" else "cpu"]:
+        step, _ = make_step(variant, B, T, H, K, device=device, variant_file=variant_file, V=V, dtype=dtype)
+        want = run(step, {})
+        if _mismatch(run(step, tiles), want) is None:
+            continue
+        where = f"B{B}_T{T}_H{H}_K{K}_V{V} {dtype}"
+        alone = {e: _mismatch(run(step, {e: o}), want) for e, o in tiles.items()}
+        culprits = {e: why for e, why in alone.items() if why} or {e: "only with the round's other entries"
+                                                                  for e in tiles}
+        for e, why in culprits.items():
+            wrong.setdefault(e, f"wrong results at {where}: {why}")
+    return wrong
+
+
 def _warm(job):
     """Worker, one round per process: compile it (T = 1024: the same specialisations as the
-    timed shapes) and run it once. Returns (variant, round, error)."""
+    timed shapes), run it once and check its results (wrong_entries). Returns (variant, round,
+    error, {entry: why} of wrong results)."""
     variant, variant_file, B, H, D, kinds, r, candidates, path = job
     parse_candidates(candidates)  # spawned: the parent's --candidates again
     import torch
@@ -173,11 +237,14 @@ def _warm(job):
         tuning.reset()
         base = dict(chunked.TILES)
         step, decay = make_step(variant, B, 1024, H, D, variant_file=variant_file)
-        run_round(step, round_tiles(kinds, r, decay, base, path), base)
+        tiles = round_tiles(kinds, r, decay, base, path)
+        errors = run_round(step, tiles, base)
+        wrong = wrong_entries(variant, {e: o for e, o in tiles.items() if e not in errors}, base,
+                              variant_file=variant_file)
         torch.cuda.synchronize()
-        return variant, r, None
+        return variant, r, None, wrong
     except Exception as e:  # noqa: BLE001 - a fault: report it, the process ends with the task
-        return variant, r, f"{type(e).__name__}: {str(e)[:120]}"
+        return variant, r, f"{type(e).__name__}: {str(e)[:120]}", {}
 
 
 def _time_round(step, tiles, base, reps, device_type) -> dict[str, float]:
@@ -223,12 +290,16 @@ def sweep(variants: list[str], shapes: list[tuple[int, int, int, int]], kinds: l
     tuning.reset()
     base = dict(chunked.TILES)
     n_rounds = max(len(CANDIDATES[k]) for k in kinds)
-    faults = {}
-    if device == "cuda" and workers > 0:
+    faults, wrong = {}, {}  # {(variant, round): error}, {(variant, round): {entry: why}}
+    checked = device == "cuda" and workers > 0
+    if checked:
         B, _, H, D = shapes[0]
         jobs = [(v, variant_file, B, H, D, kinds, r, list(candidates), path) for v in variants for r in range(n_rounds)]
         with mp.get_context("spawn").Pool(workers, maxtasksperchild=1) as pool:
-            faults = {(v, r): err for v, r, err in pool.map(_warm, jobs, chunksize=1) if err}
+            for v, r, err, bad in pool.map(_warm, jobs, chunksize=1):
+                if err:
+                    faults[v, r] = err
+                wrong[v, r] = bad
         for (v, r), err in sorted(faults.items()):
             log(f"round {r} of {v} faulted in its worker, not timed: {err}")
     rows = []
@@ -243,6 +314,10 @@ def sweep(variants: list[str], shapes: list[tuple[int, int, int, int]], kinds: l
                                   + faults[variant, r]) for e, o in tiles.items()]
                     continue
                 errors = run_round(step, tiles, base)
+                if not checked:  # (the workers checked the GPU's rounds)
+                    wrong[variant, r] = wrong_entries(variant, {e: o for e, o in tiles.items() if e not in errors},
+                                                      base, device=device, variant_file=variant_file)
+                errors.update(wrong.get((variant, r), {}))
                 good = {e: o for e, o in tiles.items() if e not in errors}
                 times = _time_round(step, good, base, reps, device) if good else {}
                 for entry, opt in tiles.items():
@@ -256,6 +331,9 @@ def sweep(variants: list[str], shapes: list[tuple[int, int, int, int]], kinds: l
                     rows.append(row)
             if device == "cuda":
                 torch.cuda.synchronize()
+    for (v, r), bad in sorted(wrong.items()):
+        for entry, why in sorted(bad.items()):
+            log(f"round {r} of {v}: {entry} {tuple(CANDIDATES[entry.split(':')[0]][r])} gives {why}")
     winners = {}
     for entry in {row["entry"] for row in rows}:
         runs = {(row["variant"], row["shape"]) for row in rows if row["entry"] == entry}
@@ -272,9 +350,10 @@ def sweep(variants: list[str], shapes: list[tuple[int, int, int, int]], kinds: l
         complete = {k: t for k, (t, n, bad) in totals.items() if n == len(runs) and not bad}
         if complete:
             best = min(complete, key=complete.get)
+            default = tuple(base.get(entry, base[entry.split(":")[0]]))
+            same = [k for k in complete if k == default] or [k for k in complete if k[:3] == default[:3]]
             winners[entry] = dict(tiles=list(best), ms=complete[best],
-                                  default_ms=next((complete[k] for k in complete if k[:3] == tuple(
-                                      base.get(entry, base[entry.split(":")[0]]))[:3]), None))
+                                  default_ms=complete[same[0]] if same else None)
     return dict(base={k: list(v) for k, v in base.items()}, rows=rows, winners=winners)
 
 

@@ -92,6 +92,40 @@ def test_flagen_tune_writes_a_table_the_runtime_reads(fake_gpu, tmp_path, capsys
     assert tuning.read_table(out) == {k: tuple(v) for k, v in data["tiles"].items()}
 
 
+def test_a_candidate_with_wrong_results_never_wins(fake_gpu, tmp_path, monkeypatch, capsys):
+    """Triton miscompiles some launch options on Hopper: wrong results, fast. Here one is faked
+    (chunk_fwd_o's output off by 1 with o = (32, 32, 4, 1), which also runs faster than the
+    correct one): `flagen tune` checks every round against the defaults' results, names the
+    culprit entry and leaves it out of the table."""
+    import time
+    make_step = tune.make_step
+    bad, good = (32, 32, 4, 1), (64, 64, 4, 1)
+
+    def miscompiled(*args, **kwargs):
+        step, decay = make_step(*args, **kwargs)
+
+        def wrong_when_bad():
+            results = step()
+            if chunked.TILES["o"] == bad:
+                results[0] = results[0] + 1
+            elif chunked.TILES["o"] == good:
+                time.sleep(0.05)
+            return results
+        return wrong_when_bad, decay
+    monkeypatch.setattr(tune, "make_step", miscompiled)
+    out = tmp_path / "table.json"
+    argv = ["tune", "--device", "cpu", "--variants", "simple_gla", "--shapes", "1,20,1,16", "--kinds", "o,dv",
+            "--candidates", f"o={','.join(map(str, good))}/{','.join(map(str, bad))}",
+            "--candidates", "dv=64,64,4,1/32,32,4,1", "--reps", "1", "--workers", "0", "--out", str(out)]
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "round 1 of simple_gla: o (32, 32, 4, 1) gives wrong results at B1_T20_H1_K16_V8 float32: o off by 1" \
+        in printed
+    assert "dv (32, 32, 4, 1) gives" not in printed  # the round's other entry, right alone, is kept
+    tiles = json.loads(out.read_text())["tiles"]
+    assert tuple(tiles["o"]) == good and "dv" in tiles
+
+
 def test_entries_follow_the_decay_path():
     base = {"h": (64, 64, 4, 3), "h:key": (32, 128, 4, 3)}
     assert tune.entry_of("h", "key", base) == "h:key"
