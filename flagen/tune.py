@@ -8,9 +8,11 @@ kind to its r-th candidate at once (the kernels are independent, so one profiled
 forward+backward times a candidate of each), and torch.profiler gives each kernel's CUDA time
 per call. Worker processes compile the rounds first, in parallel, each in a process of its own
 (a round whose kernels fault leaves its CUDA context unusable: it is reported, never timed).
-An entry's winner is the candidate with the least time summed over the variants and shapes
-that read it, among those that ran everywhere without error; an entry with no such candidate
-is left out of the table (the default stays).
+The defaults are timed too, on their own, in every run: a round that faults takes none of its
+entries' other candidates out of the running, the defaults included (pick_winners). An
+entry's winner is the candidate with the least time summed over the variants and shapes that
+read it, among those that ran everywhere without error; an entry with no such candidate is left
+out of the table (the default stays).
 
 Triton 3.6 miscompiles some combinations on Hopper (see chunked.TILES): wrong results, which
 run fast. So every round is also checked before it is timed: its forward+backward (output and
@@ -307,6 +309,13 @@ def sweep(variants: list[str], shapes: list[tuple[int, int, int, int]], kinds: l
         for B, T, H, D in shapes:
             shape = f"B{B}_T{T}_H{H}_D{D}"
             step, decay = make_step(variant, B, T, H, D, device=device, variant_file=variant_file)
+            # the defaults, timed on their own: a round that faults (one of its entries, at a
+            # check shape) must not take the defaults out of the running with it
+            defaults = {e: tuple(base.get(e, base[e.split(":")[0]])) for e in round_tiles(kinds, 0, decay, base, path)}
+            run_round(step, defaults, base)
+            times = _time_round(step, defaults, base, reps, device)
+            rows += [dict(variant=variant, shape=shape, entry=e, tiles=list(o), ms=times[e])
+                     for e, o in defaults.items() if e in times]
             for r in range(n_rounds):
                 tiles = round_tiles(kinds, r, decay, base, path)
                 if (variant, r) in faults:
@@ -334,27 +343,32 @@ def sweep(variants: list[str], shapes: list[tuple[int, int, int, int]], kinds: l
     for (v, r), bad in sorted(wrong.items()):
         for entry, why in sorted(bad.items()):
             log(f"round {r} of {v}: {entry} {tuple(CANDIDATES[entry.split(':')[0]][r])} gives {why}")
+    return dict(base={k: list(v) for k, v in base.items()}, rows=rows, winners=pick_winners(rows, base))
+
+
+def pick_winners(rows: list[dict], base: dict) -> dict:
+    """Per entry, the candidate with the least time summed over the (variant, shape) runs that
+    read the entry, among those timed in every run and never wrong or failing on their own (a
+    faulted round blames none of its entries: they are only untimed there); with the
+    default's time where it was timed."""
     winners = {}
     for entry in {row["entry"] for row in rows}:
         runs = {(row["variant"], row["shape"]) for row in rows if row["entry"] == entry}
-        totals = {}
+        times, bad = {}, set()  # {tiles: {(variant, shape): ms}}; tiles that failed on their own
         for row in rows:
-            if row["entry"] == entry:
-                key = tuple(row["tiles"])
-                totals.setdefault(key, [0.0, 0, False])
-                if "ms" in row:
-                    totals[key][0] += row["ms"]
-                    totals[key][1] += 1
-                else:
-                    totals[key][2] = True
-        complete = {k: t for k, (t, n, bad) in totals.items() if n == len(runs) and not bad}
+            if row["entry"] != entry:
+                continue
+            key, run = tuple(row["tiles"]), (row["variant"], row["shape"])
+            if "ms" in row:
+                times.setdefault(key, {})[run] = min(row["ms"], times.get(key, {}).get(run, float("inf")))
+            elif not row["error"].startswith("round faulted"):  # (a faulted round names no culprit)
+                bad.add(key)
+        complete = {k: sum(t.values()) for k, t in times.items() if len(t) == len(runs) and k not in bad}
         if complete:
             best = min(complete, key=complete.get)
             default = tuple(base.get(entry, base[entry.split(":")[0]]))
-            same = [k for k in complete if k == default] or [k for k in complete if k[:3] == default[:3]]
-            winners[entry] = dict(tiles=list(best), ms=complete[best],
-                                  default_ms=complete[same[0]] if same else None)
-    return dict(base={k: list(v) for k, v in base.items()}, rows=rows, winners=winners)
+            winners[entry] = dict(tiles=list(best), ms=complete[best], default_ms=complete.get(default))
+    return winners
 
 
 def table(result: dict, device_name: str, arch: str, command: str) -> dict:

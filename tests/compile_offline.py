@@ -35,6 +35,7 @@ SMEM_LIMIT = 232448  # bytes a block may use on sm_90 (H100, H200)
 LARGEST = [0, ""]  # the most shared memory a kernel took, and which
 REGISTERS = []  # [True] with --registers
 DTYPES = {"bf16": "*bf16", "fp16": "*fp16", "fp32": "*fp32"}
+TORCH_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 STATE_ARGS = {"Tm", "P", "Pk", "Aak", "w", "u", "h", "v_new", "h0", "ht", "dh", "dv_new", "dvk", "dht", "dh0", "dqs",
               "dw", "dbc", "dkc", "sdh"}
 
@@ -42,6 +43,8 @@ STATE_ARGS = {"Tm", "P", "Pk", "Aak", "w", "u", "h", "v_new", "h0", "ht", "dh", 
 def compile_module(triton, path: Path, dtypes: dict, failures: list) -> int:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
+
+    import torch
 
     from flagen.runtime.chunked_delta import launch_config
     spec = importlib.util.spec_from_file_location(f"offline_{path.stem}", path)
@@ -52,7 +55,7 @@ def compile_module(triton, path: Path, dtypes: dict, failures: list) -> int:
     for (K, V), BT, (dname, dt), varlen in itertools.product(DIMS, CHUNK_SIZES, dtypes.items(), (False, True)):
         for kind in ("wy", "fwd_h", "fwd_o", "bwd_dh", "bwd_dw", "bwd_wy"):
             fn = module.KERNELS[f"chunk_delta_{kind}"]
-            config = launch_config(kind, K, V, BT)
+            config = launch_config(kind, K, V, BT, getattr(torch, TORCH_DTYPES[dname]))
             options = {n: config.pop(n) for n in ("num_warps", "num_stages") if n in config}
             consts = dict(H=1, HV=2, K=K, V=V, BT=BT, **config, IS_VARLEN=varlen, USE_H0=True, STORE_HT=True,
                           USE_DHT=True, STORE_DH0=True)

@@ -461,16 +461,73 @@ def test_per_key_gate_with_a_per_key_head_parameter():
         _chunks_against_reference(spec, q, k, v, h0, inputs, gen, chunk_sizes=(None,), label=f"K {K}, ")
 
 
+def test_launch_options_never_the_known_miscompiles(monkeypatch):
+    """chunked.tiles: whatever TILES says (a tuning table, FLAGEN_CHUNK_TILES), the launch
+    options Triton 3.6 miscompiles on Hopper are replaced: chunk_fwd_o/chunk_bwd_dv with 4 warps
+    and a V tile of 32 or less off the per-key path, or with 8 warps on it; a pipelined
+    chunk_bwd_dqk. The defaults are none of those."""
+    from flagen.runtime import chunked
+    assert all(chunked.tiles(kind, K, V, decay)[2]["num_warps"] == chunked.DEFAULT_TILES.get(
+        f"{kind}:{decay}", chunked.DEFAULT_TILES[kind])[2]
+        for kind in ("h", "dh", "o", "dv", "dqk") for decay in ("none", "scalar", "key")
+        for K, V in ((16, 16), (128, 128), (48, 100)))
+    monkeypatch.setitem(chunked.TILES, "o", (64, 128, 4, 3))
+    monkeypatch.setitem(chunked.TILES, "dv:key", (64, 128, 8, 1))
+    monkeypatch.setitem(chunked.TILES, "dqk", (64, 64, 4, 2))
+    monkeypatch.setitem(chunked.TILES, "dqk:key", (64, 64, 8))
+    assert chunked.tiles("o", 128, 16, "scalar") == (64, 16, dict(num_warps=8, num_stages=3))
+    assert chunked.tiles("o", 128, 100, "none") == (64, 128, dict(num_warps=4, num_stages=3))
+    assert chunked.tiles("dv", 128, 128, "key")[2]["num_warps"] == 4
+    assert chunked.tiles("dqk", 128, 128, "scalar")[2]["num_stages"] == 1
+    assert chunked.tiles("dqk", 128, 128, "key")[2] == dict(num_warps=8, num_stages=1)
+
+
 def test_delta_launch_config_follows_tiles(monkeypatch):
     """The delta rule's tiles and launch options come from chunked.TILES (what
     FLAGEN_CHUNK_TILES, a tuning table and `flagen tune` set); the state walks' BK covers K."""
     from flagen.runtime import chunked
     from flagen.runtime.chunked_delta import launch_config
-    assert launch_config("fwd_h", 100, 48, 64) == dict(BK=128, BV=32, num_warps=4, num_stages=1)
-    assert launch_config("bwd_dh", 256, 64, 64) == dict(BK=256, BV=32, num_warps=8, num_stages=1)
-    assert launch_config("wy", 100, 48, 64) == dict(BK=64, BV=64, num_warps=4, num_stages=3)
+    assert launch_config("fwd_h", 100, 48, 64) == dict(BK=128, BV=32, DOT="tf32x3", num_warps=8, num_stages=1)
+    assert launch_config("bwd_dh", 256, 64, 64) == dict(BK=256, BV=32, DOT="tf32x3", num_warps=8, num_stages=1)
+    assert launch_config("fwd_h", 100, 64, 64, torch.bfloat16)["num_stages"] == 2
+    assert launch_config("wy", 100, 48, 64) == dict(BK=64, BV=64, DOT="tf32x3", num_warps=4, num_stages=3)
+    assert launch_config("bwd_wy", 100, 48, 64)["num_warps"] == 8
+    assert launch_config("bwd_wy", 100, 48, 64, decay="key")["num_warps"] == 4  # the per-key path's own entry
+    monkeypatch.setitem(chunked.TILES, "delta_dwy:key", (32, 64, 8, 1))
+    assert launch_config("bwd_wy", 100, 48, 64, decay="key")["BK"] == 32
+    assert launch_config("bwd_wy", 100, 48, 64, decay="scalar")["BK"] == 64
     monkeypatch.setitem(chunked.TILES, "delta_wy", (32, 32, 8, 2))
     monkeypatch.setitem(chunked.TILES, "delta_h", (64, 64, 4, 2))
-    assert launch_config("wy", 100, 48, 64) == dict(BK=32, BV=32, num_warps=8, num_stages=2)
-    assert launch_config("fwd_h", 200, 100, 64) == dict(BK=256, BV=64, num_warps=8, num_stages=2)
+    assert launch_config("wy", 100, 48, 64) == dict(BK=32, BV=32, DOT="tf32x3", num_warps=8, num_stages=2)
+    assert launch_config("fwd_h", 200, 100, 64) == dict(BK=256, BV=64, DOT="tf32x3", num_warps=8, num_stages=1)
     assert launch_config("bwd_wy", 16, 16, 64)["BK"] == 32  # no tile below 32
+    # products about as exact as fp32 where they feed the states; the inputs' rounding elsewhere
+    assert [launch_config(kind, 64, 64, 64, torch.bfloat16)["DOT"] for kind in ("wy", "fwd_h", "fwd_o", "bwd_wy")] \
+        == ["bf16x3", "bf16x3", "bf16", "tf32x3"]
+    assert {launch_config(kind, 64, 64, 64)["DOT"] for kind in ("wy", "fwd_o", "bwd_dh", "bwd_dw")} == {"tf32x3"}
+    # the per-key and low-rank paths: tf32x3 throughout (chunked_delta.KEY_PATH_PRECISION)
+    assert {launch_config(kind, 64, 64, 64, torch.bfloat16, "key")["DOT"]
+            for kind in ("wy", "fwd_h", "fwd_o", "bwd_wy")} == {"tf32x3"}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_qk_l2norm_kernels(dtype):
+    """The chunked ops' L2 norm of q and k (the generated l2norm_fwd/_bwd kernels): fp32 out,
+    and its gradient, against float64, for a head dim that is not a power of two and a row of
+    zeros (eps keeps it finite: 0 out, the gradient dy / sqrt(eps))."""
+    from flagen.runtime.l2norm import l2norm
+    module = get_op("delta_rule_l2norm").module
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 7, 3, 100, generator=gen).to(DEVICE, dtype)
+    x[1, 3, 2] = 0
+    x.requires_grad_(True)
+    y = l2norm(module, x)
+    assert y.dtype == torch.float32
+    xd = x.detach().double().requires_grad_(True)
+    yd = xd * torch.rsqrt((xd * xd).sum(-1, keepdim=True) + 1e-6)
+    dy = torch.randn(y.shape, generator=gen, dtype=torch.float64).to(DEVICE)
+    close("y", y, yd, 1e-6)
+    (dx,), (dxd,) = torch.autograd.grad(y, x, dy.float()), torch.autograd.grad(yd, xd, dy)
+    assert dx.dtype == dtype
+    # a bf16 dx is rounded: one unit in its last place, 2^-7 of it (the interpreter truncates)
+    close("dx", dx, dxd, 1e-6 if dtype == torch.float32 else 2 ** -7)

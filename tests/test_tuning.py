@@ -85,8 +85,9 @@ def test_flagen_tune_writes_a_table_the_runtime_reads(fake_gpu, tmp_path, capsys
     assert cli.main(argv) == 0
     data = json.loads(out.read_text())
     assert set(data["tiles"]) == {"o", "delta_dwy"}
-    assert tuple(data["tiles"]["o"]) in tune.CANDIDATES["o"]
-    assert tuple(data["tiles"]["delta_dwy"]) in tune.CANDIDATES["delta_dwy"]
+    # a candidate, or the default (timed too)
+    assert tuple(data["tiles"]["o"]) in tune.CANDIDATES["o"] + [chunked.DEFAULT_TILES["o"]]
+    assert tuple(data["tiles"]["delta_dwy"]) in tune.CANDIDATES["delta_dwy"] + [chunked.DEFAULT_TILES["delta_dwy"]]
     assert data["command"].startswith("flagen tune --device cpu") and data["versions"]["triton"]
     assert "table: " in capsys.readouterr().out
     assert tuning.read_table(out) == {k: tuple(v) for k, v in data["tiles"].items()}
@@ -95,7 +96,7 @@ def test_flagen_tune_writes_a_table_the_runtime_reads(fake_gpu, tmp_path, capsys
 def test_a_candidate_with_wrong_results_never_wins(fake_gpu, tmp_path, monkeypatch, capsys):
     """Triton miscompiles some launch options on Hopper: wrong results, fast. Here one is faked
     (chunk_fwd_o's output off by 1 with o = (32, 32, 4, 1), which also runs faster than the
-    correct one): `flagen tune` checks every round against the defaults' results, names the
+    correct ones): `flagen tune` checks every round against the defaults' results, names the
     culprit entry and leaves it out of the table."""
     import time
     make_step = tune.make_step
@@ -108,7 +109,7 @@ def test_a_candidate_with_wrong_results_never_wins(fake_gpu, tmp_path, monkeypat
             results = step()
             if chunked.TILES["o"] == bad:
                 results[0] = results[0] + 1
-            elif chunked.TILES["o"] == good:
+            else:
                 time.sleep(0.05)
             return results
         return wrong_when_bad, decay
@@ -123,7 +124,30 @@ def test_a_candidate_with_wrong_results_never_wins(fake_gpu, tmp_path, monkeypat
         in printed
     assert "dv (32, 32, 4, 1) gives" not in printed  # the round's other entry, right alone, is kept
     tiles = json.loads(out.read_text())["tiles"]
-    assert tuple(tiles["o"]) == good and "dv" in tiles
+    assert tuple(tiles["o"]) in (good, chunked.DEFAULT_TILES["o"]) and "dv" in tiles
+
+
+def test_winners_keep_the_defaults_through_a_faulted_round():
+    """A faulted round (its worker's CUDA context lost: no culprit known) leaves its candidates
+    untimed, not blamed: the defaults, timed on their own, still win where fastest; a candidate
+    wrong on its own never wins; a candidate timed twice in a run counts once."""
+    base = {"o": (64, 128, 8, 3), "dqk": (64, 64, 4, 1)}
+    runs = [("simple_gla", "B2"), ("simple_gla", "B4")]
+    rows = []
+    for v, s in runs:
+        rows += [dict(variant=v, shape=s, entry="o", tiles=[64, 128, 8, 3], ms=1.0),  # the defaults, alone
+                 dict(variant=v, shape=s, entry="dqk", tiles=[64, 64, 4, 1], ms=2.0),
+                 # round 0 faulted: the defaults' own tile among its candidates
+                 dict(variant=v, shape=s, entry="o", tiles=[64, 128, 8, 3], error="round faulted: illegal address"),
+                 dict(variant=v, shape=s, entry="dqk", tiles=[32, 32, 4, 1], error="round faulted: illegal address"),
+                 # round 1: a faster o that is wrong, a faster dqk that is right
+                 dict(variant=v, shape=s, entry="o", tiles=[64, 128, 4, 3], error="wrong results at ..."),
+                 dict(variant=v, shape=s, entry="dqk", tiles=[128, 64, 8, 1], ms=1.5),
+                 dict(variant=v, shape=s, entry="dqk", tiles=[128, 64, 8, 1], ms=1.7)]
+    rows.append(dict(variant="simple_gla", shape="B2", entry="o", tiles=[64, 128, 4, 3], ms=0.5))
+    winners = tune.pick_winners(rows, base)
+    assert winners["o"] == dict(tiles=[64, 128, 8, 3], ms=2.0, default_ms=2.0)
+    assert winners["dqk"] == dict(tiles=[128, 64, 8, 1], ms=3.0, default_ms=4.0)
 
 
 def test_entries_follow_the_decay_path():
@@ -157,4 +181,4 @@ def test_flagen_tune_a_user_variant_into_the_user_cache(fake_gpu, capsys):
     assert cli.main(argv) == 0
     table = fake_gpu / "cpu.json"
     assert f"table: {table}" in capsys.readouterr().out
-    assert tuple(tuning.read_table(table)["delta_dwy"]) in tune.CANDIDATES["delta_dwy"]
+    assert tuple(tuning.read_table(table)["delta_dwy"]) in tune.CANDIDATES["delta_dwy"] + [chunked.DEFAULT_TILES["delta_dwy"]]

@@ -32,7 +32,8 @@ from flagen.runtime.normalizer import divisor_gradients
 # Triton 3.6 miscompiles some of these kernels on Hopper (wrong outputs or illegal addresses,
 # bisected with tests/diagnose_chunk.py on an H100): chunk_fwd_o/chunk_bwd_dv with 4 warps and
 # BV <= 32 on the scalar and no-decay paths, with 8 warps on the per-key path; chunk_bwd_dqk
-# with a software-pipelined V loop. The entries below avoid every failing combination found;
+# with a software-pipelined V loop. The entries below avoid every failing combination found,
+# and `tiles` replaces them whatever an entry says (_avoid_miscompiles);
 # tests/test_chunk_gpu.py sweeps head dims so that a compiler change cannot slip one through.
 # Among the rest, the entries are the fastest that the tile sweep (now `flagen tune`) found on
 # an H100 for H16, D128 at B2_T16384 and B4_T2048 (benchmarks/results/chunk_h100.md); the
@@ -53,13 +54,22 @@ TILES = {
     # the chunked delta rule's kernels (chunk_delta.py.j2, chunked_delta.launch_config): the WY
     # factors, the output, the states' products and the backward through the factors; and the
     # state walks (a whole [K, BV] state: the BK cap is the largest K, 8 warps from K = 256),
-    # one pipeline stage there (more overflow shared memory with the fp32 operands)
+    # 8 warps there. Timed on the H200 at B2_T16384_H16_D128 in bf16
+    # (benchmarks/results/delta_h200.md): 8 warps halve the per-thread registers of the state
+    # walks and of chunk_delta_bwd_wy, whose [BT, BT] blocks spilled in 4. Two pipeline stages
+    # in the forward's walk (chunked_delta.launch_config keeps one where they would not fit);
+    # the backward's overflows shared memory in two with the low-rank form. chunk_delta_bwd_wy
+    # with BK = 32, 8 warps and bf16 products on the scalar path faults on Hopper (Triton 3.6)
     "delta_wy": (64, 64, 4, 3),
     "delta_o": (64, 64, 4, 3),
     "delta_dw": (64, 64, 4, 3),
-    "delta_dwy": (64, 64, 4, 3),
-    "delta_h": (256, 32, 4, 1),
-    "delta_dh": (256, 32, 4, 1),
+    "delta_dwy": (64, 64, 8, 1),
+    "delta_h": (256, 32, 8, 2),
+    "delta_dh": (256, 32, 8, 1),
+    # the per-key and low-rank paths keep one stage and 4 warps (chunked_delta.KEY_PATH_PRECISION)
+    "delta_dwy:key": (64, 64, 4, 3),
+    "delta_h:key": (256, 32, 4, 1),
+    "delta_dh:key": (256, 32, 4, 1),
 }
 DEFAULT_TILES = dict(TILES)
 # entries set in the environment (they win over a GPU's tuning table, flagen.runtime.tuning)
@@ -96,7 +106,22 @@ def tiles(kind: str, K: int, V: int, decay: str, itemsize: int = 2) -> tuple[int
     bk, bv, warps, *stages = TILES.get(f"{kind}:{decay}", TILES[kind])
     if stages and itemsize > 2:
         stages = [min(stages[0], 2)]
-    return _tile(K, bk), _tile(V, bv), dict(num_warps=warps, **({"num_stages": stages[0]} if stages else {}))
+    BK, BV = _tile(K, bk), _tile(V, bv)
+    warps, stages = _avoid_miscompiles(kind, decay, BV, warps, stages)
+    return BK, BV, dict(num_warps=warps, **({"num_stages": stages[0]} if stages else {}))
+
+
+def _avoid_miscompiles(kind: str, decay: str, BV: int, warps: int, stages: list) -> tuple[int, list]:
+    """The launch options Triton 3.6 miscompiles on Hopper (the note above TILES; the H200 found
+    them again in `flagen tune`'s unchecked sweep of 2026-12-03: wrong dv and dq that ran
+    fastest), replaced whatever a tuning table or FLAGEN_CHUNK_TILES asks: chunk_fwd_o and
+    chunk_bwd_dv take 8 warps when a V tile is 32 wide or less on the scalar and no-decay paths
+    and at most 4 on the per-key path; chunk_bwd_dqk's V loop is never pipelined."""
+    if kind in ("o", "dv"):
+        warps = min(warps, 4) if decay == "key" else max(warps, 8) if BV <= 32 else warps
+    if kind == "dqk":
+        stages = [1]
+    return warps, stages
 
 
 def dot_dtype(dtype: torch.dtype):

@@ -33,22 +33,45 @@ def _tile(n: int, cap: int) -> int:
     return max(MIN_TILE, min(cap, next_power_of_2(n)))
 
 
-def launch_config(kind: str, K: int, V: int, BT: int) -> dict:
+# The precision of each kernel's products (wy_dot's DOT) by the inputs' dtype and the kernel's
+# role: the factors and the forward's state walk feed every later state (fp32 states stay
+# within 1e-3 of float64 at any length only with about fp32 products: tf32x3, or bf16x3 for
+# bf16 inputs); the output takes one product with operands rounded as the inputs were (an
+# error of 2^-9 there is the inputs' own); the backward tf32x3 for bf16 inputs (one bf16
+# product put the gate gradient 3x past the bf16 tolerance on the H200 with beta near 2 and
+# nearly parallel keys: benchmarks/results/delta_h200.md, "Session 8"), one tf32 for fp16.
+DOT_PRECISION = {torch.float32: dict(exact="tf32x3", output="tf32x3", backward="tf32x3"),
+                 torch.float16: dict(exact="tf32x3", output="tf32", backward="tf32"),
+                 torch.bfloat16: dict(exact="bf16x3", output="bf16", backward="tf32x3")}
+ROLE = {"wy": "exact", "fwd_h": "exact", "fwd_o": "output", "bwd_dh": "backward", "bwd_dw": "backward",
+        "bwd_wy": "backward"}
+# The per-key and low-rank paths (KDA, DPLR, RWKV7) keep tf32x3 for every product: on the H200
+# (Triton 3.6, 2026-12-03) the table above with 8-warp, 2-stage state walks gave KDA outputs off
+# by 2 at strong decays and illegal addresses in DPLR; which of the two did it is not known yet
+# (benchmarks/results/delta_h200.md, "Session 8").
+KEY_PATH_PRECISION = "tf32x3"
+
+
+def launch_config(kind: str, K: int, V: int, BT: int, dtype: torch.dtype = torch.float32, decay: str = "none") -> dict:
     """Tiles and launch options of kernel ``chunk_delta_<kind>`` for head dims K, V and chunk
     size BT, from chunked.TILES (overridable with FLAGEN_CHUNK_TILES, swept by
     `flagen tune`; tests/compile_offline.py checks every one fits the GPU's shared
-    memory). The kernels that walk a sequence hold a whole [K, BV] state (BK covers K, with at
-    least 8 warps from K = 256, whatever the entry says); one pipeline stage there, as more overflow shared memory (K = 100 takes
-    290 KiB in 3 stages with the fp32 w and the split tf32x3 operands; an H100/H200 block has
-    227 KiB)."""
-    bk, bv, warps, *stages = TILES[TILE_ENTRY[kind]]  # (an override may leave stages out)
+    memory), and the products' precision for inputs of ``dtype`` (v's: q and k are fp32 once
+    L2-normalised); an entry "<kind>:<decay>" is that decay path's own. The kernels that
+    walk a sequence hold a whole [K, BV] state (BK covers K, with at least 8 warps from
+    K = 256, whatever the entry says) and pipeline one stage past K = 128 or in fp32."""
+    entry = TILE_ENTRY[kind]
+    bk, bv, warps, *stages = TILES.get(f"{entry}:{decay}", TILES[entry])  # (an override may leave stages out)
     stages = stages[0] if stages else 3
     if kind in STATE_KERNELS:
         BK = _tile(K, max(bk, checks.MAX_HEAD_DIM))
         warps = max(warps, 8) if BK >= 256 else warps
+        if BK > 128 or dtype == torch.float32:
+            stages = 1  # two overflow shared memory (K = 100 in fp32: 232 KiB; a block has 227)
     else:
         BK = _tile(K, bk)
-    return dict(BK=BK, BV=_tile(V, bv), num_warps=warps, num_stages=stages)
+    dot = KEY_PATH_PRECISION if decay == "key" else DOT_PRECISION[dtype][ROLE[kind]]
+    return dict(BK=BK, BV=_tile(V, bv), DOT=dot, num_warps=warps, num_stages=stages)
 
 
 def _wy(op, q, k, v, inputs, chunks, meta):
@@ -66,7 +89,7 @@ def _wy(op, q, k, v, inputs, chunks, meta):
         op.module.KERNELS["chunk_delta_wy"][chunks.grid](
             q, k, v, *inputs, Tm, P, *low.values(), w, u, meta["cu"], chunks.indices, T,
             H=H, HV=HV, K=K, V=V, BT=chunks.BT, IS_VARLEN=meta["cu"] is not None,
-            **launch_config("wy", K, V, chunks.BT),
+            **launch_config("wy", K, V, chunks.BT, v.dtype, op.module.DECAY),
         )
     return Tm, P, w, u, low
 
@@ -79,7 +102,7 @@ def _states(op, q, k, v, inputs, w, u, h0, chunks, meta, store_ht):
     h = torch.empty(chunks.NC, HV, K, V, **f32)
     v_new = torch.empty(B * T, HV, V, **f32)
     ht = torch.empty(meta["N"], HV, K, V, **f32) if store_ht else None
-    config = launch_config("fwd_h", K, V, chunks.BT)
+    config = launch_config("fwd_h", K, V, chunks.BT, v.dtype, op.module.DECAY)
     op.module.KERNELS["chunk_delta_fwd_h"][(cdiv(V, config["BV"]), meta["N"] * HV)](
         q, k, v, *inputs, w, u, h, v_new, h0, ht, meta["cu"], chunks.offsets, T,
         H=H, HV=HV, K=K, V=V, BT=chunks.BT, IS_VARLEN=meta["cu"] is not None,
@@ -106,7 +129,7 @@ class _ChunkedDelta(torch.autograd.Function):
         h, v_new, ht = _states(op, q, k, v, inputs, w, u, h0, chunks, meta, meta["output_final_state"])
         o = torch.empty_like(v)
         if chunks.NC:
-            config = launch_config("fwd_o", K, V, BT)
+            config = launch_config("fwd_o", K, V, BT, v.dtype, op.module.DECAY)
             op.module.KERNELS["chunk_delta_fwd_o"][(*chunks.grid, cdiv(V, config["BV"]))](
                 q, k, v, *inputs, h, P, *([low["Pk"]] if low else []), v_new, o, meta["cu"], chunks.indices,
                 meta["scale"], T,
@@ -138,7 +161,7 @@ class _ChunkedDelta(torch.autograd.Function):
         dh = torch.empty_like(h)
         dv_new = torch.empty_like(v_new)
         dh0 = torch.empty(N, HV, K, V, **f32) if h0 is not None else None
-        config = launch_config("bwd_dh", K, V, BT)
+        config = launch_config("bwd_dh", K, V, BT, v.dtype, op.module.DECAY)
         kern["chunk_delta_bwd_dh"][(cdiv(V, config["BV"]), N * HV)](
             q, k, v, *inputs, w, P, do, dh, dv_new, *([dvk] if low else []),
             dht.contiguous() if dht is not None else None, dh0,
@@ -155,7 +178,7 @@ class _ChunkedDelta(torch.autograd.Function):
         dk = torch.empty_like(dq)
         dv = torch.empty_like(v)
         if NC:
-            config = launch_config("bwd_dw", K, V, BT)
+            config = launch_config("bwd_dw", K, V, BT, v.dtype, op.module.DECAY)
             dqs, dw, dbc = (torch.empty(NT, HV, K, **f32) for _ in range(3))
             sdh = torch.empty(NC, HV, K, **f32)
             dkc = torch.empty_like(dqs) if low else None
@@ -168,7 +191,7 @@ class _ChunkedDelta(torch.autograd.Function):
                 q, k, v, *inputs, Tm, P, *low.values(), *([dvk, dkc] if low else []), v_new, dv_new, do, dqs, dw,
                 dbc, sdh, dq, dk, dv, *grads.values(),
                 cu, chunks.indices, meta["scale"], T,
-                H=H, HV=HV, K=K, V=V, BT=BT, IS_VARLEN=varlen, **launch_config("bwd_wy", K, V, BT),
+                H=H, HV=HV, K=K, V=V, BT=BT, IS_VARLEN=varlen, **launch_config("bwd_wy", K, V, BT, v.dtype, op.module.DECAY),
             )
         else:  # no tokens at all
             dv.zero_(), dq.zero_(), dk.zero_()

@@ -18,6 +18,7 @@ from flagen.runtime.chunked import _Chunked, no_double_backward
 from flagen.runtime.chunked_delta import _ChunkedDelta
 from flagen.runtime.gradients import raw_gradients
 from flagen.runtime.intmath import cdiv, next_power_of_2
+from flagen.runtime.l2norm import l2norm
 from flagen.runtime.normalizer import divisor_gradients
 
 DEFAULT_CHECKPOINT_INTERVAL = 64
@@ -113,13 +114,6 @@ class _Recurrent(torch.autograd.Function):
         dh0 = dh0.to(h0.dtype) if dh0 is not None else None
         dz0 = dz0.to(z0.dtype) if dz0 is not None else None
         return (None, None, dq, dk, dv, dh0, dz0, *raw_grads)
-
-
-def _l2norm(x):
-    """x / sqrt(sum(x^2) + 1e-6) over the last dim, in fp32: the chunked kernels compute in fp32,
-    and rounding the normalised q, k back to bf16 costs 2e-3 of the state (relative)."""
-    x = x.float()
-    return x * torch.rsqrt((x * x).sum(-1, keepdim=True) + 1e-6)
 
 
 class RecurrentOp:
@@ -250,7 +244,7 @@ class RecurrentOp:
             low_precision, q, k, v = q.dtype, q.float(), k.float(), v.float()
         if function is not _Recurrent and self.module.QK_L2NORM:
             # the chunked kernels take q and k as they are: normalise them here (autograd chains)
-            q, k = _l2norm(q), _l2norm(k)
+            q, k = l2norm(self.module, q), l2norm(self.module, k)
         raw = [inputs[n] for n, kind in self.module.INPUTS if kind != "const"]
         consts = {n: float(inputs[n]) for n, kind in self.module.INPUTS if kind == "const"}
         tensors = (q, k, v, initial_state, z0, *raw)
