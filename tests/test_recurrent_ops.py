@@ -190,6 +190,24 @@ def test_decode_state_indices():
         close("state", state[slot], s[0], 1e-6)
 
 
+def test_decode_with_strided_inputs():
+    """q, k, v given as views with other strides (a projection's split, heads transposed): o
+    comes back laid out as its shape says (the kernel writes rows), equal to the contiguous
+    inputs' step, and so do the states."""
+    from flagen.runtime.op import get_op
+    op = get_op("gated_delta_rule")
+    gen = torch.Generator().manual_seed(0)
+    q, k = (torch.randn(3, 16, 1, generator=gen).to(DEVICE).transpose(1, 2) for _ in range(2))
+    v = torch.randn(3, 8, 2, generator=gen).to(DEVICE).transpose(1, 2)  # [3, 2, 8], strides (16, 1, 2)
+    g = -torch.rand(3, 2, generator=gen).to(DEVICE)
+    beta = torch.rand(3, 2, generator=gen).to(DEVICE)
+    state = torch.randn(3, 2, 16, 8, generator=gen).to(DEVICE)
+    state2 = state.clone()
+    o = op.decode(q, k, v, state, g=g, beta=beta)
+    o2 = op.decode(q.contiguous(), k.contiguous(), v.contiguous(), state2, g=g, beta=beta)
+    assert torch.equal(o, o2) and torch.equal(state, state2)
+
+
 def test_state_v_first():
     fn, kwargs, _, _ = make_case("gated_delta_rule", Shape(B=2, T=6, H=1, HV=1, K=16, V=8), strong=False)
     h0 = torch.randn(2, 1, 16, 8, device=DEVICE)

@@ -325,7 +325,7 @@ class RecurrentOp:
         if state_z is not None:  # one program per state head reads and writes z
             BV, NV = max(16, next_power_of_2(V)), 1
             norm = dict(state_z=state_z)
-        o = torch.empty_like(v)
+        o = v.new_empty(v.shape)  # (empty_like would keep a strided v's layout; the kernel writes rows)
         self.module.KERNELS["decode"][(N * HV, NV)](
             q.contiguous(), k.contiguous(), v.contiguous(), *self.kernel_inputs(raw, meta),
             o, state, state_indices, scale, S, **norm,
