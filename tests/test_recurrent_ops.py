@@ -222,3 +222,48 @@ def test_normaliser_with_several_value_tiles(chunk):
     """K = 128, V = 100: the recurrent kernels split V in two tiles (BV 64), of which only the
     first stores z, the divisors and dz0 and adds the normaliser's shares of dq and dk."""
     run_case("linear_attn_normalized", Shape(B=2, T=9, H=1, HV=2, K=128, V=100), True, None, False, chunk=chunk)
+
+
+@pytest.mark.parametrize("use_h0", [True, False], ids=["h0", "no_h0"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_one_token_without_gradients_takes_the_decode_kernel(family, use_h0, monkeypatch):
+    """One token per sequence with nothing to differentiate (decoding through FLA's API) runs
+    the decode kernel out of place: o and the final state equal the float64 reference, the
+    initial state is left as it was, and the decode kernel is what ran (grouped value heads,
+    head dims that are not powers of two)."""
+    shape = Shape(B=3, T=1, H=1, HV=2, K=20, V=12)
+    fn, kwargs, variant, ref_map = make_case(family, shape, strong=True, seed=5)
+    spec = spec_of(variant)
+    gen = torch.Generator().manual_seed(6)
+    h0 = None
+    if use_h0:
+        h0 = torch.randn(3, 2, 20, 12, generator=gen, dtype=torch.float64).to(DEVICE, torch.float32)
+        if spec.normalize:
+            h0 = (h0, torch.rand(3, 1, 2, 20, generator=gen, dtype=torch.float64).to(DEVICE, torch.float32))
+    before = [x.clone() for x in (h0 if isinstance(h0, tuple) else (h0,))] if use_h0 else []
+    from flagen.runtime.op import get_op
+    kernels = get_op(variant).module.KERNELS
+    launched = []
+
+    class Spy:
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getitem__(self, grid):
+            launched.append(grid)
+            return self.kernel[grid]
+    monkeypatch.setitem(kernels, "decode", Spy(kernels["decode"]))
+    with torch.no_grad():
+        o, ht = fn(**{**kwargs, "output_final_state": True}, initial_state=h0)
+    assert launched, "the decode kernel did not run"
+    q, k, v = qkv(kwargs)
+    ref_h0 = (h0[0], h0[1].squeeze(1)) if isinstance(h0, tuple) else h0
+    ro, rht = reference.run(spec, q, k, v, scale=1.0 if family == "rwkv7" else None, initial_state=ref_h0,
+                            output_final_state=True, **reference_inputs(kwargs, ref_map))
+    close("o", o, ro, TOL)
+    if isinstance(rht, tuple):
+        rht = (rht[0], rht[1].unsqueeze(1))
+    for a, b in zip(ht if isinstance(ht, tuple) else (ht,), rht if isinstance(rht, tuple) else (rht,)):
+        close("final_state", a, b, STATE_TOL)
+    for x, y in zip(h0 if isinstance(h0, tuple) else (h0,), before):
+        assert torch.equal(x, y), "the initial state changed"

@@ -249,6 +249,8 @@ class RecurrentOp:
         consts = {n: float(inputs[n]) for n, kind in self.module.INPUTS if kind == "const"}
         tensors = (q, k, v, initial_state, z0, *raw)
         needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+        if function is _Recurrent and q.shape[1] == 1 and cu_seqlens is None and not needs_grad:
+            return self._one_token(q, k, v, inputs, scale, initial_state, z0, output_final_state)
         meta = dict(N=N, lens=seq_lens, cu=cu_seqlens, scale=scale, consts=consts, needs_grad=needs_grad,
                     output_final_state=bool(output_final_state), **options)
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
@@ -263,6 +265,26 @@ class RecurrentOp:
         if reverse:
             o = flip(o)
         return o, ht
+
+    def _one_token(self, q, k, v, inputs, scale, initial_state, z0, output_final_state):
+        """One token per sequence with nothing to differentiate (decoding through FLA's API):
+        the decode kernel, reading the initial state and writing the final one elsewhere (each
+        state read and written once, as FLA's kernel does; the recurrent kernel's path costs
+        more for one token). q, k [B, 1, H, K]; v [B, 1, HV, V]: (o, final state)."""
+        B, _, H, K = q.shape
+        HV, V = v.shape[2], v.shape[3]
+        token = {n: x[:, 0] if self.inputs[n].startswith("token") else x for n, x in inputs.items()}
+        f32 = dict(dtype=torch.float32, device=q.device)
+        h0 = initial_state.to(torch.float32).contiguous() if initial_state is not None else None
+        out = torch.empty(B, HV, K, V, **f32)
+        out_z = torch.empty(B, HV, K, **f32) if self.module.NORMALIZE else None
+        if self.module.NORMALIZE and h0 is not None:
+            z0 = z0.to(torch.float32).contiguous() if z0 is not None else torch.zeros(B, HV, K, **f32)
+        o = self._step(q[:, 0], k[:, 0], v[:, 0], token, scale, h0, z0, out=out, out_z=out_z)
+        final = None
+        if output_final_state:
+            final = (out, out_z) if self.module.NORMALIZE else out
+        return o.unsqueeze(1), final
 
     def decode(self, q, k, v, state, scale=None, state_indices=None, check_indices=True, **inputs):
         """One generation step: q, k [N, H, K] (or [N, 1, H, K]), v [N, HV, V] (or [N, 1, HV, V]),
@@ -317,21 +339,33 @@ class RecurrentOp:
                 checks.state_slots(state_indices.tolist(), S)
         elif S < N:
             raise ValueError(f"`state` has {S} slots for N={N} sequences")
-        scale = checks.scale_value(scale, K)
+        o = self._step(q, k, v, inputs, checks.scale_value(scale, K), state, state_z, state_indices)
+        return o.unsqueeze(1) if token_axis else o
+
+    def _step(self, q, k, v, inputs, scale, state, state_z, state_indices=None, out=None, out_z=None):
+        """Launch the decode kernel on checked arguments (q, k [N, H, K], v [N, HV, V], inputs
+        without the token axis): ``state`` (``state_z``) updated in place, or with ``out``
+        [N, HV, K, V] (``out_z`` [N, HV, K]) only read (None: the states start at 0) and the
+        new states written there. Returns o [N, HV, V]."""
+        N, H, K = q.shape
+        HV, V = v.shape[1], v.shape[2]
         raw = [inputs[n].contiguous() for n, kind in self.module.INPUTS if kind != "const"]
         meta = {"consts": {n: float(inputs[n]) for n, kind in self.module.INPUTS if kind == "const"}}
         BK, BV, NV = _tiles(K, V, 8192)
         norm = {}
-        if state_z is not None:  # one program per state head reads and writes z
+        load = state is not None
+        if self.module.NORMALIZE:  # one program per state head reads and writes z
             BV, NV = max(16, next_power_of_2(V)), 1
-            norm = dict(state_z=state_z)
+            norm = dict(state_z=state_z if load else out_z, state_z_out=out_z)
         o = v.new_empty(v.shape)  # (empty_like would keep a strided v's layout; the kernel writes rows)
+        # (no state to read: the kernel forms its addresses from ``out`` and loads nothing)
         self.module.KERNELS["decode"][(N * HV, NV)](
             q.contiguous(), k.contiguous(), v.contiguous(), *self.kernel_inputs(raw, meta),
-            o, state, state_indices, scale, S, **norm,
+            o, state if load else out, state_indices, scale, state.shape[0] if load else N, state_out=out, **norm,
             H=H, HV=HV, K=K, V=V, BK=BK, BV=BV, USE_INDICES=state_indices is not None,
+            LOAD_STATE=load, OUT_OF_PLACE=out is not None,
         )
-        return o.unsqueeze(1) if token_axis else o
+        return o
 
 
 class _Flip:
