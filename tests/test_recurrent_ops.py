@@ -267,3 +267,77 @@ def test_one_token_without_gradients_takes_the_decode_kernel(family, use_h0, mon
         close("final_state", a, b, STATE_TOL)
     for x, y in zip(h0 if isinstance(h0, tuple) else (h0,), before):
         assert torch.equal(x, y), "the initial state changed"
+
+
+def _capture(fn):
+    """``fn`` captured in a CUDA graph (warmed up on a side stream first, as capture asks):
+    (graph, what the captured call returned)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+    return graph, out
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("family", FAMILIES)
+def test_decoding_step_replays_in_a_cuda_graph(family):
+    """One decoding step captured in a CUDA graph, through FLA's API (the initial state read,
+    the final one returned) and in place (``decode(..., check_indices=False)``, slots given):
+    replayed after another case's inputs are copied into the captured tensors, it returns to
+    the bit what eager calls return on that case (nothing on the path reads back to the host)."""
+    from flagen.runtime.op import get_op
+    shape = Shape(B=3, T=1, H=1, HV=2, K=20, V=12)
+    scale = 1.0 if family == "rwkv7" else None
+
+    def case(seed):
+        fn, kwargs, variant, ref_map = make_case(family, shape, strong=True, seed=seed)
+        gen = torch.Generator().manual_seed(seed)
+        h0 = (torch.randn(3, 2, 20, 12, generator=gen).to(DEVICE),)
+        if spec_of(variant).normalize:
+            h0 += (torch.rand(3, 2, 20, generator=gen).to(DEVICE),)
+        step = {n: (x[:, 0] if torch.is_tensor(x) and x.dim() >= 3 else x)
+                for n, x in reference_inputs(kwargs, ref_map).items()}
+        return fn, kwargs, get_op(variant), step, h0
+
+    def api_call(fn, kwargs, h0):
+        initial = (h0[0], h0[1].unsqueeze(1)) if len(h0) == 2 else h0[0]  # FLA's z is [N, 1, HV, K]
+        o, ht = fn(**{**kwargs, "output_final_state": True}, initial_state=initial)
+        return (o, *(ht if isinstance(ht, tuple) else (ht,)))
+
+    def decode_call(op, kwargs, step, state, slots):
+        q, k, v = (x[:, 0] for x in qkv(kwargs))
+        return op.decode(q, k, v, state if len(state) == 2 else state[0], scale=scale, state_indices=slots,
+                         check_indices=False, **step)
+
+    def tensors(*trees):
+        for tree in trees:
+            for x in (tree.values() if isinstance(tree, dict) else tree):
+                if torch.is_tensor(x):
+                    yield x
+
+    fn, kwargs, op, step, h0 = case(5)
+    slots = torch.tensor([2, 0, 1], device=DEVICE)
+    states = tuple(torch.zeros((4,) + s.shape[1:], device=DEVICE) for s in h0)  # a spare slot, 3
+    with torch.no_grad():
+        api_graph, api_out = _capture(lambda: api_call(fn, kwargs, h0))
+        decode_graph, decode_out = _capture(lambda: decode_call(op, kwargs, step, states, slots))
+        _, kwargs2, _, step2, h02 = case(7)
+        for x, y in zip(tensors(kwargs, step, h0), tensors(kwargs2, step2, h02)):
+            x.copy_(y)
+        for s, s2 in zip(states, h02):
+            s[slots] = s2
+        api_graph.replay()
+        decode_graph.replay()
+        for name, a, b in zip(("o", "final state", "final z"), api_out, api_call(fn, kwargs2, h02)):
+            assert torch.equal(a, b), f"{name} through FLA's API"
+        eager = tuple(torch.zeros_like(s) for s in states)
+        for s, s2 in zip(eager, h02):
+            s[slots] = s2
+        assert torch.equal(decode_out, decode_call(op, kwargs2, step2, eager, slots)), "o of decode"
+        for s, e in zip(states, eager):
+            assert torch.equal(s, e), "the states decode updated"
