@@ -8,7 +8,9 @@ Both run FLA's API, ``fused_recurrent_gated_delta_rule`` with one token per sequ
 [B, H, D, D] fp32 read and the final state returned, as FLA's layers decode. ``flagen`` also
 times ``get_op(...).decode``, which updates the states in place. The state traffic floor (read
 and write each state once, bytes / the GPU's copy bandwidth measured in the same run) is
-reported beside the times. Shapes: B_H_D, B1_H16_D128, B64_H16_D128, B256_H32_D128 by default.
+reported beside the times. Each call is also captured in a CUDA graph and timed as graph
+replays (``*_graph_ms``: the launch overhead gone, as a server decodes), or its capture error
+recorded. Shapes: B_H_D, B1_H16_D128, B64_H16_D128, B256_H32_D128 by default.
 """
 
 from __future__ import annotations
@@ -47,6 +49,21 @@ def main():
             t0 = time.perf_counter()
             fn()
             return (time.perf_counter() - t0) * 1000
+    def graph_ms(fn):
+        """Time ``fn`` as replays of a CUDA graph that captured it (or the capture's error)."""
+        try:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                fn()
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                fn()
+        except Exception as e:  # (recorded: a path that cannot be captured is a result too)
+            return f"capture failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+        return bench(graph.replay)
+
     rows = []
     for B, H, D in (tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",")):
         gen = torch.Generator(device=dev).manual_seed(0)
@@ -60,11 +77,17 @@ def main():
                 return fused_recurrent_gated_delta_rule(q, k, v, g=g, beta=beta, initial_state=h0,
                                                         output_final_state=True, use_qk_l2norm_in_kernel=True)
             row["fla_api_ms"] = bench(api)
+            if dev == "cuda":
+                row["fla_api_graph_ms"] = graph_ms(api)
             if args.impl == "flagen":
                 from flagen.runtime.op import get_op
                 op = get_op("gated_delta_rule_l2norm")
                 state = h0.clone()
-                row["decode_in_place_ms"] = bench(lambda: op.decode(q, k, v, state, g=g, beta=beta))
+                def step():
+                    return op.decode(q, k, v, state, g=g, beta=beta, check_indices=False)
+                row["decode_in_place_ms"] = bench(step)
+                if dev == "cuda":
+                    row["decode_in_place_graph_ms"] = graph_ms(step)
             if dev == "cuda":
                 # the floor: one read and one write of every state at the copy bandwidth
                 a, b = torch.empty_like(h0), torch.empty_like(h0)

@@ -109,6 +109,47 @@ def test_left_padded_generation_equals_each_prompt(model_type):
         assert torch.equal(out[i, 7:], alone[i]), f"prompt {i}"
 
 
+@pytest.mark.skipif(DEVICE != "cuda", reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("model_type", sorted(set(FAMILIES) - {"transformer"}))
+def test_generation_with_cuda_graphs_equals_eager(model_type):
+    """``generate(..., use_cuda_graph=True)`` replays captured decoding steps: a left-padded
+    batch's greedy tokens and scores equal eager generation's to the bit, on a first call (the
+    step captured) and on a second one (its states copied into the captured tensors), and so
+    do beam search's (the cache reordered between steps)."""
+    model = make(model_type)
+    prompts = [ids(1, 7, seed=2), ids(1, 4, seed=3)]
+    batch = torch.zeros(2, 7, dtype=torch.long, device=DEVICE)
+    mask = torch.zeros(2, 7, dtype=torch.long, device=DEVICE)
+    for i, p in enumerate(prompts):
+        batch[i, 7 - p.shape[1]:], mask[i, 7 - p.shape[1]:] = p[0], 1
+    runs = dict(greedy=dict(do_sample=False), beams=dict(do_sample=False, num_beams=3))
+    with torch.no_grad():
+        for name, how in runs.items():
+            def generate(**extra):
+                return model.generate(batch, attention_mask=mask, max_new_tokens=5, pad_token_id=0,
+                                      output_scores=True, return_dict_in_generate=True, **how, **extra)
+            eager = generate()
+            for call in ("first", "second"):
+                graphed = generate(use_cuda_graph=True)
+                assert torch.equal(graphed.sequences, eager.sequences), f"{name}, {call} call: tokens"
+                for a, b in zip(graphed.scores, eager.scores):
+                    assert torch.equal(a, b), f"{name}, {call} call: scores"
+    assert model._decoding_graphs.steps, "no step was captured"
+
+
+def test_cuda_graph_generation_refuses_what_it_cannot_capture():
+    """Softmax attention's growing KV cache (a transformer, a hybrid) is refused by name; on the
+    CPU, the device is."""
+    prompt = ids(1, 4)
+    for model, message in ((make("transformer"), "softmax attention"), (make("gla", attn=dict(layers=[1], num_heads=2)),
+                                                                        "softmax attention")):
+        with pytest.raises(ValueError, match=message), torch.no_grad():
+            model.generate(prompt, max_new_tokens=2, do_sample=False, pad_token_id=0, use_cuda_graph=True)
+    if DEVICE == "cpu":
+        with pytest.raises(ValueError, match="CUDA"), torch.no_grad():
+            make("gla").generate(prompt, max_new_tokens=2, do_sample=False, pad_token_id=0, use_cuda_graph=True)
+
+
 def test_fused_losses_equal_the_plain_one():
     x = ids(2, 20)
     losses = []

@@ -11,6 +11,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 
 from fla.layers import Attention
 from fla.models.cache_utils import Cache
+from fla.models.cuda_graph import DecodingGraphs
 from fla.modules import FusedCrossEntropyLoss, FusedLinearCrossEntropyLoss, GatedMLP, RMSNorm, RotaryEmbedding
 
 
@@ -184,13 +185,26 @@ class FLAForCausalLM(FLAPreTrainedModel, GenerationMixin):
             dict(input_ids=input_ids.contiguous())
         model_inputs.update(past_key_values=past_key_values, use_cache=use_cache, attention_mask=attention_mask,
                             logits_to_keep=logits_to_keep)
+        if kwargs.get("use_cuda_graph"):
+            model_inputs["use_cuda_graph"] = True
         return model_inputs
 
     def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, past_key_values=None, labels=None,
                 use_cache=None, output_attentions=None, output_hidden_states=None, return_dict=None,
-                logits_to_keep=0, **kwargs):
+                logits_to_keep=0, use_cuda_graph=False, **kwargs):
+        """With ``use_cuda_graph`` (``generate(..., use_cuda_graph=True)``), steps of one token per
+        sequence on a filled cache, without gradients, replay a CUDA graph (fla.models.cuda_graph)."""
         kwargs.pop("cache_position", None)
         past_key_values = _cache_argument(past_key_values, kwargs)
+        if (use_cuda_graph and input_ids is not None and input_ids.shape[1] == 1 and labels is None
+                and past_key_values is not None and past_key_values.get_seq_length() > 0
+                and not torch.is_grad_enabled() and not output_hidden_states):
+            # (the new token is real: a left-padded batch's mask only mattered for the prompt)
+            if getattr(self, "_decoding_graphs", None) is None:
+                self._decoding_graphs = DecodingGraphs(self)
+            logits = self._decoding_graphs(self, input_ids, past_key_values)
+            return _output(CausalLMOutputWithPast, past_key_values, loss=None, logits=logits, hidden_states=None,
+                           attentions=None)
         out = self.base_model(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
                          past_key_values=past_key_values, use_cache=use_cache,
                          output_hidden_states=output_hidden_states, **kwargs)
