@@ -248,6 +248,29 @@ def test_rotary(interleaved, offset):
           [q, k])
 
 
+@pytest.mark.parametrize("interleaved", [False, True])
+def test_rotary_at_positions(interleaved):
+    """``at_positions``: position_ids [B, T] rotate each token at its position: to the bit what the tables give
+    at those positions (a CUDA graph's decoding step takes this path), and against the formula."""
+    B, T, H, D, dim = 2, 3, 2, 12, 8
+    gen = torch.Generator().manual_seed(1)
+    q, k = torch.randn(B, T, H, D, generator=gen).to(DEVICE), torch.randn(B, T, 1, D, generator=gen).to(DEVICE)
+    rot = modules.RotaryEmbedding(dim, base=100.0, interleaved=interleaved).to(DEVICE)
+    off = torch.tensor([4, 9], device=DEVICE)
+    pos = torch.arange(T, device=DEVICE)[None] + off[:, None]
+    by_ids = rot.at_positions(q, k, pos)
+    by_tables = rot(q, k, seqlen_offset=off, max_seqlen=20)
+    for a, b in zip(by_ids, by_tables):
+        assert torch.equal(a, b)
+    check(lambda q, k: rot.at_positions(q, k, pos),
+          lambda q, k: (ref_rotary(q, pos, dim, 100.0, interleaved), ref_rotary(k, pos, dim, 100.0, interleaved)),
+          [q.cpu(), k.cpu()])
+    with pytest.raises(ValueError, match="position_ids"):
+        rot.at_positions(q, k, pos[:, :1])
+    with pytest.raises(NotImplementedError, match="XPos"):
+        modules.RotaryEmbedding(dim, scale_base=4.0).to(DEVICE).at_positions(q, k, pos)
+
+
 def test_rotary_xpos():
     B, T, H, D = 1, 6, 1, 8
     gen = torch.Generator().manual_seed(0)

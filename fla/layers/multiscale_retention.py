@@ -41,11 +41,15 @@ class MultiScaleRetention(QKVLayer):
         q, k, v = self._heads(q, k, v)
         if self.feature_map_fn is not None:
             q, k = self.feature_map_fn(q), self.feature_map_fn(k)
-        cache = context["past_key_values"]
-        seen = cache.get_seq_length(self.layer_idx) if cache is not None else 0
-        offset = padding_offsets(context["attention_mask"], seen, context["seq_len"])
-        longest = q.shape[1] + (offset if isinstance(offset, int) else int(offset.max()))
-        q, k = self.rotary(q, k, seqlen_offset=offset, max_seqlen=longest, cu_seqlens=cu_seqlens)
+        position_ids = context["kwargs"].get("position_ids")
+        if position_ids is not None and cu_seqlens is None:  # (as a CUDA graph's decoding step gives them)
+            q, k = self.rotary.at_positions(q, k, position_ids)
+        else:
+            cache = context["past_key_values"]
+            seen = cache.get_seq_length(self.layer_idx) if cache is not None else 0
+            offset = padding_offsets(context["attention_mask"], seen, context["seq_len"])
+            longest = q.shape[1] + (offset if isinstance(offset, int) else int(offset.max()))
+            q, k = self.rotary(q, k, seqlen_offset=offset, max_seqlen=longest, cu_seqlens=cu_seqlens)
         h0 = state["recurrent_state"] if state is not None else None
         common = dict(initial_state=h0, output_final_state=use_cache, cu_seqlens=cu_seqlens)
         if not torch.is_grad_enabled() and (context["seq_len"] <= 64 or self.mode == "fused_recurrent"):

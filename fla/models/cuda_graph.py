@@ -5,8 +5,10 @@ one step (embedding, every block, the LM head) can be captured once per batch si
 no kernel launches from Python, no host work per layer. The captured step reads the cache's
 states from fixed tensors and writes the new ones back into them (inside the graph), so the
 cache always holds those tensors; a cache whose tensors are others (a new ``generate`` call,
-beam search's reordering) is copied into them first. Softmax attention's KV cache grows every
-step, so models with attention layers are refused. GPU only."""
+beam search's reordering) is copied into them first. Each sequence's position (its real tokens
+so far: left padding excluded) is handed to the layers as ``position_ids`` [B, 1] from a tensor
+the step reads, for RetNet's rotary angles. Softmax attention's KV cache grows every step, so
+models with attention layers are refused. GPU only."""
 
 from __future__ import annotations
 
@@ -47,8 +49,8 @@ def _signature(cache):
 class _Step:
     """One captured decoding step for one batch size and cache layout."""
 
-    def __init__(self, model, input_ids, cache):
-        self.ids = input_ids.clone()
+    def __init__(self, model, input_ids, positions, cache):
+        self.ids, self.positions = input_ids.clone(), positions.clone()
         self.inputs = [t for _, _, ts in _states(cache) for t in ts]  # the tensors the graph reads and writes
         saved = [t.clone() for t in self.inputs]
         seen = [layer.seen_tokens for layer in cache.layers]
@@ -69,7 +71,8 @@ class _Step:
 
     def _forward(self, model, cache):
         """The step on ``self.ids``: logits [B, 1, vocab]; the new states copied into ``self.inputs``."""
-        hidden = model.base_model(input_ids=self.ids, past_key_values=cache, use_cache=True).last_hidden_state
+        hidden = model.base_model(input_ids=self.ids, past_key_values=cache, use_cache=True,
+                                  position_ids=self.positions).last_hidden_state
         logits = model.lm_head(hidden)
         for t, new in zip(self.inputs, [t for _, _, ts in _states(cache) for t in ts]):
             if new.data_ptr() != t.data_ptr():  # (a layer that updated its state in place wrote it already)
@@ -87,9 +90,10 @@ class _Step:
             state = cache.layers[i].state
             state[key] = _rebuild(state[key], iter(mine))
 
-    def __call__(self, input_ids, cache):
+    def __call__(self, input_ids, positions, cache):
         self._bind(cache)
         self.ids.copy_(input_ids)
+        self.positions.copy_(positions)
         self.graph.replay()
         for layer in cache.layers:
             layer.seen_tokens += 1
@@ -106,12 +110,17 @@ class DecodingGraphs:
                              "...) whose KV cache grows every step; generate without CUDA graphs")
         self.steps: dict = {}
 
-    def __call__(self, model, input_ids, cache):
-        """logits [B, 1, vocab] of one token per sequence, input_ids [B, 1], the cache advanced."""
+    def __call__(self, model, input_ids, cache, attention_mask=None):
+        """logits [B, 1, vocab] of one token per sequence, input_ids [B, 1] (``attention_mask``
+        [B, S] 0/1, its last column the new token's), the cache advanced."""
         if input_ids.device.type != "cuda":
             raise ValueError(f"`use_cuda_graph` needs the model on a CUDA GPU, got {input_ids.device}")
+        if attention_mask is not None:
+            positions = attention_mask[:, :-1].sum(-1, keepdim=True)
+        else:
+            positions = torch.full_like(input_ids, cache.get_seq_length())
         key = (input_ids.shape[0], _signature(cache))
         step = self.steps.get(key)
         if step is None:
-            step = self.steps[key] = _Step(model, input_ids, cache)
-        return step(input_ids, cache)
+            step = self.steps[key] = _Step(model, input_ids, positions, cache)
+        return step(input_ids, positions, cache)

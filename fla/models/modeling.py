@@ -202,7 +202,7 @@ class FLAForCausalLM(FLAPreTrainedModel, GenerationMixin):
             # (the new token is real: a left-padded batch's mask only mattered for the prompt)
             if getattr(self, "_decoding_graphs", None) is None:
                 self._decoding_graphs = DecodingGraphs(self)
-            logits = self._decoding_graphs(self, input_ids, past_key_values)
+            logits = self._decoding_graphs(self, input_ids, past_key_values, attention_mask)
             return _output(CausalLMOutputWithPast, past_key_values, loss=None, logits=logits, hidden_states=None,
                            attentions=None)
         out = self.base_model(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,

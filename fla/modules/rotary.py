@@ -35,6 +35,12 @@ def rotary_embedding(x, cos, sin, interleaved=False, seqlen_offsets=0, cu_seqlen
         if int(pos.max()) >= cos.shape[0]:
             raise ValueError(f"position {int(pos.max())} is past the rotary tables ({cos.shape[0]} positions)")
         c, s = cos[pos][:, :, None], sin[pos][:, :, None]  # [B, T, 1, R / 2]
+    return _rotate(x, c, s, interleaved)
+
+
+def _rotate(x, c, s, interleaved):
+    """x [B, T, H, D] with its first R channels rotated by c, s [B or 1, T, 1, R / 2]."""
+    R = 2 * c.shape[-1]
     c, s = c.float(), s.float()
     xr = x[..., :R].float()
     if interleaved:
@@ -54,7 +60,8 @@ class RotaryEmbedding(nn.Module):
 
     forward(q [B, T, H, D], k [B, T, HK, D], seqlen_offset=0, cu_seqlens=None, max_seqlen=None)
     -> (q, k): positions t + seqlen_offset (an int, or per sequence a tensor [B] or [N] with packed
-    ``cu_seqlens``); the tables cover ``max_seqlen`` positions, or T + seqlen_offset."""
+    ``cu_seqlens``); the tables cover ``max_seqlen`` positions, or T + seqlen_offset.
+    ``at_positions(q, k, position_ids)`` takes each token's position from a tensor instead."""
 
     def __init__(self, dim: int, base: float = 10000.0, scale_base: float | None = None, interleaved: bool = False,
                  pos_idx_in_fp32: bool = True, device=None):
@@ -101,6 +108,28 @@ class RotaryEmbedding(nn.Module):
         power = (torch.arange(seqlen, device=device, dtype=torch.float32) - seqlen // 2) / self.scale_base
         scale = self.scale.to(device) ** power[:, None]
         return ((cos * scale).to(dtype), (sin * scale).to(dtype)), ((cos / scale).to(dtype), (sin / scale).to(dtype))
+
+    def at_positions(self, q, k, position_ids):
+        """(q, k) rotated at positions ``position_ids`` [B, T]: the angles computed at those
+        positions, equal to the tables' rows, with nothing read back to the host (a CUDA graph's
+        decoding step). Not with XPos, whose scale depends on the tables' length."""
+        if position_ids.shape != q.shape[:2]:
+            raise ValueError(f"`position_ids` must be [B, T] = {list(q.shape[:2])}, got {list(position_ids.shape)}")
+        c, s = self._angles(position_ids, q.dtype)
+        return _rotate(q, c, s, self.interleaved), _rotate(k, c, s, self.interleaved)
+
+    def _angles(self, position_ids, dtype):
+        """(cos, sin) [B, T, 1, dim / 2] in ``dtype`` at positions ``position_ids`` [B, T]."""
+        if self.scale is not None:
+            raise NotImplementedError("`position_ids` with XPos (`scale_base`): its scale depends on the tables' "
+                                      "length; give `seqlen_offset`")
+        if self.pos_idx_in_fp32:
+            t = position_ids.to(torch.float32)
+            inv_freq = self.inv_freq if self.inv_freq.dtype == torch.float32 else self._inv_freq(t.device)
+        else:
+            t, inv_freq = position_ids.to(self.inv_freq.dtype), self.inv_freq
+        freqs = (t[..., None] * inv_freq.to(t.device)).float()
+        return torch.cos(freqs).to(dtype)[:, :, None], torch.sin(freqs).to(dtype)[:, :, None]
 
     def forward(self, q, k, seqlen_offset=0, cu_seqlens=None, max_seqlen=None, chunk_indices=None):
         if max_seqlen is None:
