@@ -9,6 +9,9 @@ DIR with ``save_pretrained`` if DIR holds none; ``fla`` loads that checkpoint wi
 classes (same config.json, same state_dict keys). Prefill: one forward of B prompts of T
 tokens filling the cache; decode: N greedy steps of one token per sequence through it (the
 argmax fed back, as generate() would). bf16; the best of ``--reps`` runs, CUDA-synchronised.
+``flagen`` on a GPU also decodes with its steps replayed from CUDA graphs (``use_cuda_graph``,
+as ``generate(..., use_cuda_graph=True)`` runs them): ``decode_graph_*``, and whether its tokens
+equal the eager ones.
 ``--device cpu --tiny`` runs a tiny model on the interpreter (a check of the script itself).
 """
 
@@ -71,9 +74,10 @@ def main():
         if args.device == "cuda":
             torch.cuda.synchronize()
 
-    best_prefill = best_decode = float("inf")
-    tokens = None
-    with torch.no_grad():
+    def run(**step):
+        """(best prefill s, best decode s, the greedy tokens [B, new_tokens])."""
+        best_prefill = best_decode = float("inf")
+        tokens = None
         for _ in range(args.reps):
             sync()
             t0 = time.perf_counter()
@@ -85,13 +89,20 @@ def main():
             nxt = out.logits[:, -1].argmax(-1, keepdim=True)
             decoded = [nxt]
             for _ in range(args.new_tokens - 1):
-                out = model(input_ids=nxt, past_key_values=cache, use_cache=True)
+                out = model(input_ids=nxt, past_key_values=cache, use_cache=True, **step)
                 nxt = out.logits[:, -1].argmax(-1, keepdim=True)
                 decoded.append(nxt)
             sync()
             t2 = time.perf_counter()
             best_prefill, best_decode = min(best_prefill, t1 - t0), min(best_decode, t2 - t1)
             tokens = torch.cat(decoded, 1)
+        return best_prefill, best_decode, tokens
+
+    graphed = None
+    with torch.no_grad():
+        best_prefill, best_decode, tokens = run()
+        if args.impl == "flagen" and args.device == "cuda":
+            graphed = run(use_cuda_graph=True)  # (the first rep captures the step)
     env = dict(impl=args.impl, device=torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
                torch=torch.__version__, fla_file=os.path.relpath(fla.__file__, args.fla_path or os.getcwd()))
     result = dict(env=env, family=args.family, parameters=n_params, batch=args.batch, prompt=args.prompt,
@@ -99,6 +110,9 @@ def main():
                   prefill_tokens_per_s=args.batch * args.prompt / best_prefill,
                   decode_tokens_per_s=args.batch * args.new_tokens / best_decode,
                   decoded=tokens[:, :16].tolist())  # to compare the two implementations' greedy tokens
+    if graphed is not None:
+        result.update(decode_graph_s=graphed[1], decode_graph_tokens_per_s=args.batch * args.new_tokens / graphed[1],
+                      graph_tokens_equal_eager=bool(torch.equal(graphed[2], tokens)))
     print(json.dumps({k: v for k, v in result.items() if k != "decoded"}), flush=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
 

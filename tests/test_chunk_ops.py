@@ -442,7 +442,12 @@ def test_per_key_gate_with_a_per_key_head_parameter():
     -exp(A_log) softplus(g + dt_bias), dt_bias [HV, K]): the kernels that walk a sequence hold
     their gates as [BK, BT] blocks, so that parameter must load as a [BK, 1] column (as a [BK]
     row it failed to broadcast, or with BK = BT would have broadcast along the tokens).
-    Output, final state and every gradient against float64, K = 64 = BT included."""
+    Output, final state and every gradient against float64, K = 64 = BT included. fp32 inputs
+    on every device: with these strong gates dA_log sums about 1400 terms of both signs, each
+    far larger than the sum, and bf16 inputs run the kernels on bf16 operands and chunk states
+    (chunked.dot_dtype), whose rounding moves it past the fp32 tolerance (on the H200: 1.52
+    against 2.36); what this test checks, the parameter's layout, does not depend
+    on the dtype, and the bf16 runs of the built-ins cover bf16."""
     import sympy as sp
     from flagen.ir.functions import softplus
     from flagen.ir.spec import Decay, Input, Recurrence, Shape as In
@@ -452,8 +457,8 @@ def test_per_key_gate_with_a_per_key_head_parameter():
     gen = torch.Generator().manual_seed(4)
     for K in (20, 64):
         B, T, H, V = 1, 70, 2, 16
-        q, k = (torch.randn(B, T, H, K, generator=gen).to(DEVICE, DTYPE) for _ in range(2))
-        v = torch.randn(B, T, H, V, generator=gen).to(DEVICE, DTYPE)
+        q, k = (torch.randn(B, T, H, K, generator=gen).to(DEVICE) for _ in range(2))
+        v = torch.randn(B, T, H, V, generator=gen).to(DEVICE)
         h0 = torch.randn(B, H, K, V, generator=gen).to(DEVICE)
         inputs = {"g": torch.randn(B, T, H, K, generator=gen).to(DEVICE),
                   "A_log": torch.rand(H, generator=gen).to(DEVICE),
@@ -465,8 +470,11 @@ def test_launch_options_never_the_known_miscompiles(monkeypatch):
     """chunked.tiles: whatever TILES says (a tuning table, FLAGEN_CHUNK_TILES), the launch
     options Triton 3.6 miscompiles on Hopper are replaced: chunk_fwd_o/chunk_bwd_dv with 4 warps
     and a V tile of 32 or less off the per-key path, or with 8 warps on it; a pipelined
-    chunk_bwd_dqk. The defaults are none of those."""
+    chunk_bwd_dqk. The defaults are none of those (TILES reset to them: on a GPU with a
+    tuning table, the table is in TILES)."""
     from flagen.runtime import chunked
+    for entry, value in chunked.DEFAULT_TILES.items():
+        monkeypatch.setitem(chunked.TILES, entry, value)
     assert all(chunked.tiles(kind, K, V, decay)[2]["num_warps"] == chunked.DEFAULT_TILES.get(
         f"{kind}:{decay}", chunked.DEFAULT_TILES[kind])[2]
         for kind in ("h", "dh", "o", "dv", "dqk") for decay in ("none", "scalar", "key")
