@@ -273,7 +273,10 @@ def test_logits_match_fla(model_type):
     (T = 80) and token by token (T = 20), within bf16's TOL of the largest logit."""
     if not LOGITS.exists():
         pytest.skip("tests/records/fla060_logits.pt is not recorded yet (tests/records/record_fla_logits.py)")
-    entry = torch.load(LOGITS)[model_type]
+    record = torch.load(LOGITS)
+    if model_type not in record:
+        pytest.skip(f"tests/records/fla060_logits.pt holds no {model_type} (a recording cut short)")
+    entry = record[model_type]
     if "error" in entry:
         pytest.skip(f"FLA 0.6.0 could not run it: {entry['error']}")
     config_cls, _, causal_cls = FAMILIES[model_type]

@@ -55,7 +55,7 @@ def main(fla_dir: str, out: str):
         except Exception as e:  # noqa: BLE001 - recorded, the others go on
             record[family] = dict(error=f"{type(e).__name__}: {str(e)[:300]}")
             print(family, record[family]["error"], flush=True)
-    torch.save(record, out)
+        torch.save(record, out)  # after each family: a run cut short keeps what it recorded
 
 
 if __name__ == "__main__":
