@@ -8,6 +8,8 @@ import numbers
 
 import torch
 
+from flagen.runtime import packing
+
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_HEAD_DIM = 256
 
@@ -68,8 +70,9 @@ def state_slots(slots: list[int], S: int) -> None:
         raise ValueError(f"`state_indices` repeats slot(s) {twice[:8]}: two sequences would update one state")
 
 
-def cu_seqlens(cu: torch.Tensor | None, B: int, T: int, device: torch.device) -> list[int] | None:
-    """Validate ``cu_seqlens`` and return it as a host list (None without it)."""
+def cu_seqlens(cu: torch.Tensor | None, B: int, T: int, device: torch.device) -> tuple[int, ...] | None:
+    """Validate ``cu_seqlens`` and return its offsets on the host (None without it; read back
+    once per tensor: flagen.runtime.packing)."""
     if cu is None:
         return None
     tensor("cu_seqlens", cu, ndim=1, device=device, dtypes=(torch.int32, torch.int64))
@@ -77,7 +80,7 @@ def cu_seqlens(cu: torch.Tensor | None, B: int, T: int, device: torch.device) ->
         raise ValueError(f"`cu_seqlens` packs sequences along T, so the batch size must be 1, got B={B}")
     if cu.numel() < 2:
         raise ValueError("`cu_seqlens` must hold at least two offsets [0, ..., T]")
-    values = cu.tolist()
+    values = packing.host_offsets(cu)
     if values[0] != 0:
         raise ValueError(f"`cu_seqlens` must start at 0, got {values[0]}")
     if values[-1] != T:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 import triton.language as tl
 
+from flagen.runtime import packing
 from flagen.runtime.gradients import raw_gradients
 from flagen.runtime.intmath import cdiv, next_power_of_2
 from flagen.runtime.normalizer import divisor_gradients
@@ -159,18 +160,21 @@ class Chunks:
     offsets: torch.Tensor | None
 
     @staticmethod
-    def of(lens: list[int], varlen: bool, B: int, T: int, HV: int, BT: int, device) -> "Chunks":
+    def of(lens, varlen: bool, B: int, T: int, HV: int, BT: int, device) -> "Chunks":
         if not varlen:
             NT = cdiv(T, BT)
             return Chunks(BT, B * NT, (NT, B * HV), None, None)
-        counts = torch.tensor([cdiv(n, BT) for n in lens], dtype=torch.int64)
-        offsets = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
-        NC = int(offsets[-1])
-        seq = torch.repeat_interleave(torch.arange(len(lens)), counts)
-        within = torch.arange(NC) - offsets[:-1].repeat_interleave(counts)
-        indices = torch.stack([seq, within], 1).to(torch.int32)
-        return Chunks(BT, NC, (NC, HV), indices.to(device, non_blocking=True),
-                      offsets.to(torch.int32).to(device, non_blocking=True))
+
+        def build():
+            counts = torch.tensor([cdiv(n, BT) for n in lens], dtype=torch.int64)
+            offsets = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+            NC = int(offsets[-1])
+            seq = torch.repeat_interleave(torch.arange(len(lens)), counts)
+            within = torch.arange(NC) - offsets[:-1].repeat_interleave(counts)
+            indices = torch.stack([seq, within], 1).to(torch.int32)
+            return NC, indices.to(device), offsets.to(torch.int32).to(device)
+        NC, indices, offsets = packing.device_indices(("chunks", tuple(lens), BT, str(device)), build)
+        return Chunks(BT, NC, (NC, HV), indices, offsets)
 
 
 def _sub_chunk(op) -> dict:

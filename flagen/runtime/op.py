@@ -13,7 +13,7 @@ from types import ModuleType
 import torch
 
 from flagen.runtime import checks
-from flagen.runtime import chunked_delta, tuning
+from flagen.runtime import chunked_delta, packing, tuning
 from flagen.runtime.chunked import _Chunked, no_double_backward
 from flagen.runtime.chunked_delta import _ChunkedDelta
 from flagen.runtime.gradients import raw_gradients
@@ -43,7 +43,9 @@ class _Recurrent(torch.autograd.Function):
         needs_grad = meta["needs_grad"]
         CKPT = meta["ckpt_interval"]
         ckpt_counts = [cdiv(n, CKPT) for n in lens]
-        offsets = torch.tensor([0] + ckpt_counts, dtype=torch.int64).cumsum(0).to(q.device)
+        offsets = packing.device_indices(
+            ("checkpoints", tuple(lens), CKPT, str(q.device)),
+            lambda: torch.tensor([0] + ckpt_counts, dtype=torch.int64).cumsum(0).to(q.device))
         ckpt = q.new_empty(max(1, sum(ckpt_counts)), HV, K, V, dtype=torch.float32) if needs_grad else None
         o = torch.empty_like(v)
         ht = q.new_empty(N, HV, K, V, dtype=torch.float32) if meta["output_final_state"] else None

@@ -1,0 +1,90 @@
+"""flagen.runtime.packing: a packed batch's cu_seqlens read back once per tensor (a model's
+layers share it), read again when changed in place, and the index tensors derived from the
+lengths built once; results equal to fresh reads throughout."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from flagen.runtime import packing
+from flagen.runtime.op import get_op
+from recurrent_cases import DEVICE
+
+
+def _inputs(T, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    q, k = (torch.randn(1, T, 2, 16, generator=gen).to(DEVICE) for _ in range(2))
+    v = torch.randn(1, T, 2, 8, generator=gen).to(DEVICE)
+    g = (-torch.rand(1, T, 2, generator=gen)).to(DEVICE)
+    return q, k, v, g
+
+
+@pytest.fixture
+def reads(monkeypatch):
+    """The cu_seqlens tensors read back to the host, in order."""
+    seen = []
+    read = packing._read
+
+    def counting(cu):
+        seen.append(cu)
+        return read(cu)
+    monkeypatch.setattr(packing, "_read", counting)
+    return seen
+
+
+@pytest.mark.parametrize("mode", ["chunk", "recurrent"])
+def test_one_read_per_cu_seqlens(mode, reads):
+    """Calls sharing one cu_seqlens tensor read it once; another tensor with other lengths is
+    read and indexed on its own, and the first one's results do not change in between."""
+    op = get_op("simple_gla")
+    run = op.chunk if mode == "chunk" else op
+    q, k, v, g = _inputs(40)
+    cu = torch.tensor([0, 7, 7, 40], device=DEVICE)
+    other = torch.tensor([0, 30, 40], device=DEVICE)
+    first = run(q, k, v, g=g, cu_seqlens=cu, output_final_state=True)
+    again = run(q, k, v, g=g, cu_seqlens=cu, output_final_state=True)
+    between = run(q, k, v, g=g, cu_seqlens=other, output_final_state=True)
+    last = run(q, k, v, g=g, cu_seqlens=cu, output_final_state=True)
+    assert [id(x) for x in reads] == [id(cu), id(other)]
+    for a, b in ((first, again), (first, last)):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    alone = run(q[:, 7:], k[:, 7:], v[:, 7:], g=g[:, 7:], output_final_state=True)
+    assert torch.allclose(between[0][:, 30:], run(q[:, 30:], k[:, 30:], v[:, 30:], g=g[:, 30:])[0], atol=1e-5)
+    assert torch.allclose(first[0][:, 7:], alone[0], atol=1e-5)
+
+
+def test_changed_in_place_is_read_and_checked_again(reads):
+    op = get_op("simple_gla")
+    q, k, v, g = _inputs(12)
+    cu = torch.tensor([0, 5, 12], device=DEVICE)
+    op(q, k, v, g=g, cu_seqlens=cu)
+    cu[-1] = 13
+    with pytest.raises(ValueError, match="must end at the packed length T=12"):
+        op(q, k, v, g=g, cu_seqlens=cu)
+    cu[1], cu[-1] = 9, 12
+    o = op(q, k, v, g=g, cu_seqlens=cu)[0]
+    assert len(reads) == 3
+    assert torch.allclose(o[:, 9:], op(q[:, 9:], k[:, 9:], v[:, 9:], g=g[:, 9:])[0], atol=1e-5)
+
+
+def test_inference_mode_tensors_are_read_each_time(reads):
+    op = get_op("simple_gla")
+    q, k, v, g = _inputs(12)
+    with torch.inference_mode():
+        cu = torch.tensor([0, 5, 12], device=DEVICE)
+        a = op(q, k, v, g=g, cu_seqlens=cu)[0]
+        b = op(q, k, v, g=g, cu_seqlens=cu)[0]
+    assert len(reads) == 2 and torch.equal(a, b)
+
+
+def test_entries_are_bounded():
+    """At most MAX_ENTRIES tensors and index layouts are kept, the oldest dropped first."""
+    tensors = [torch.tensor([0, i + 1]) for i in range(packing.MAX_ENTRIES + 5)]
+    for cu in tensors:
+        packing.host_offsets(cu)
+    assert len(packing._offsets) <= packing.MAX_ENTRIES
+    assert id(tensors[0]) not in packing._offsets and id(tensors[-1]) in packing._offsets
+    for i in range(packing.MAX_ENTRIES + 5):
+        packing.device_indices(("test", i), lambda: i)
+    assert len(packing._indices) <= packing.MAX_ENTRIES and ("test", 0) not in packing._indices
