@@ -83,8 +83,29 @@ def test_entries_are_bounded():
     tensors = [torch.tensor([0, i + 1]) for i in range(packing.MAX_ENTRIES + 5)]
     for cu in tensors:
         packing.host_offsets(cu)
-    assert len(packing._offsets) <= packing.MAX_ENTRIES
-    assert id(tensors[0]) not in packing._offsets and id(tensors[-1]) in packing._offsets
+    assert len(packing._per_tensor) <= packing.MAX_ENTRIES
+    assert (id(tensors[0]), "offsets") not in packing._per_tensor
+    assert (id(tensors[-1]), "offsets") in packing._per_tensor
     for i in range(packing.MAX_ENTRIES + 5):
         packing.device_indices(("test", i), lambda: i)
     assert len(packing._indices) <= packing.MAX_ENTRIES and ("test", 0) not in packing._indices
+
+
+def test_a_padding_mask_is_packed_once_per_forward(monkeypatch):
+    """Every layer of a model gets the same attention_mask: it is packed (a nonzero, a sync)
+    once per forward, and its cu_seqlens read back once; the logits equal a fresh packing's."""
+    from test_models import make
+
+    import fla.layers.utils as utils
+    calls = []
+    pack = utils._packing
+    monkeypatch.setattr(utils, "_packing", lambda mask, T: calls.append(T) or pack(mask, T))
+    model = make("gla", num_hidden_layers=3)
+    ids = torch.randint(3, 40, (2, 9), generator=torch.Generator().manual_seed(0)).to(DEVICE)
+    mask = torch.ones(2, 9, dtype=torch.long, device=DEVICE)
+    mask[1, :4] = 0
+    with torch.no_grad():
+        a = model(ids, attention_mask=mask).logits
+        assert calls == [9]
+        b = model(ids, attention_mask=mask.clone()).logits  # another tensor: packed again
+    assert calls == [9, 9] and torch.equal(a, b)

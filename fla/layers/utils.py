@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import torch
 
+from flagen.runtime import packing
+
 
 def unpad(hidden_states, attention_mask=None, cu_seqlens=None):
     """(x, indices, cu_seqlens): with a 0/1 ``attention_mask`` [B, S] (S >= T, the last T columns
@@ -19,12 +21,18 @@ def unpad(hidden_states, attention_mask=None, cu_seqlens=None):
     if attention_mask.dim() != 2 or attention_mask.shape[0] != B or attention_mask.shape[1] < T:
         raise ValueError(f"`attention_mask` must be a 0/1 padding mask [batch, >= seq_len] = [{B}, >= {T}], got "
                          f"{list(attention_mask.shape)} (4D attention masks are not taken)")
-    mask = attention_mask[:, -T:].bool()
-    indices = mask.flatten().nonzero().flatten()
-    lens = mask.sum(-1, dtype=torch.int32)
-    cu = torch.zeros(B + 1, dtype=torch.int32, device=hidden_states.device)
-    cu[1:] = lens.cumsum(0)
+    indices, cu = packing.per_tensor(attention_mask, ("unpad", T), lambda: _packing(attention_mask, T),
+                                     device_tensors=True)  # (once per mask: every layer gets the same)
     return hidden_states.flatten(0, 1).index_select(0, indices)[None], indices, cu
+
+
+def _packing(attention_mask, T):
+    """(indices [L], cu_seqlens [B + 1]) of the real tokens among the last T columns of the mask."""
+    mask = attention_mask[:, -T:].bool()
+    indices = mask.flatten().nonzero().flatten()  # (a device sync)
+    cu = torch.zeros(mask.shape[0] + 1, dtype=torch.int32, device=mask.device)
+    cu[1:] = mask.sum(-1, dtype=torch.int32).cumsum(0)
+    return indices, cu
 
 
 def repad(x, indices, batch_size, seq_len):

@@ -1,8 +1,10 @@
-"""What a packed batch's ``cu_seqlens`` gives the host, read and derived once: its offsets (one
-device-to-host read per tensor, a sync) and the index tensors built from the sequence lengths
-(chunk slots, checkpoint offsets; one host-to-device copy per lengths and layout). A model's
-layers share one packed batch, so a forward reads ``cu_seqlens`` back once, not once per layer,
-and no call copies indices to the GPU again."""
+"""What a packed batch gives the host, read and derived once: ``cu_seqlens``' offsets (one
+device-to-host read per tensor, a sync), a padding mask's packing (fla.layers.utils.unpad), and
+the index tensors built from the sequence lengths (chunk slots, checkpoint offsets; one
+host-to-device copy per lengths and layout). A model's layers share one packed batch or one
+mask, so a forward reads it back once, not once per layer, and no call copies indices to the
+GPU again. Entries are kept per tensor (its identity and version: an in-place change derives
+again, a new tensor is a new entry even at a freed one's address), the newest MAX_ENTRIES."""
 
 from __future__ import annotations
 
@@ -12,30 +14,48 @@ from collections import OrderedDict
 
 import torch
 
-MAX_ENTRIES = 64  # (packed batches and index layouts kept; the oldest goes first)
+MAX_ENTRIES = 64
 _lock = threading.Lock()
-_offsets: OrderedDict = OrderedDict()  # id(cu) -> (weakref to cu, its version, offsets tuple)
+_per_tensor: OrderedDict = OrderedDict()  # (id(x), key) -> (weakref to x, its version, value)
 _indices: OrderedDict = OrderedDict()  # key -> index tensors
 
 
-def host_offsets(cu: torch.Tensor) -> tuple[int, ...]:
-    """``cu``'s values on the host: read once per tensor and version (an in-place change reads
-    them again; a new tensor is a new entry even at a freed one's address)."""
+def _capturing() -> bool:
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
+def _keep(table: OrderedDict, key, value) -> None:
+    with _lock:
+        table[key] = value
+        while len(table) > MAX_ENTRIES:
+            table.popitem(last=False)
+
+
+def per_tensor(x: torch.Tensor, key, build, device_tensors: bool = False):
+    """``build()``, derived from ``x``, once per tensor and version and ``key``. Inference-mode
+    tensors count no versions: built every time. With ``device_tensors`` (the value holds
+    tensors that kernels read), nothing is kept or reused while a CUDA graph is captured (a
+    kept tensor could be dropped while the graph still reads it)."""
     try:
-        version = cu._version
-    except RuntimeError:  # (inference-mode tensors count no versions: read every time)
-        return _read(cu)
+        version = x._version
+    except RuntimeError:
+        return build()
+    if device_tensors and _capturing():
+        return build()
+    entry = (id(x), key)
     with _lock:
-        hit = _offsets.get(id(cu))
-        if hit is not None and hit[0]() is cu and hit[1] == version:
-            _offsets.move_to_end(id(cu))
+        hit = _per_tensor.get(entry)
+        if hit is not None and hit[0]() is x and hit[1] == version:
+            _per_tensor.move_to_end(entry)
             return hit[2]
-    values = _read(cu)
-    with _lock:
-        _offsets[id(cu)] = (weakref.ref(cu), version, values)
-        while len(_offsets) > MAX_ENTRIES:
-            _offsets.popitem(last=False)
-    return values
+    value = build()
+    _keep(_per_tensor, entry, (weakref.ref(x), version, value))
+    return value
+
+
+def host_offsets(cu: torch.Tensor) -> tuple[int, ...]:
+    """``cu``'s values on the host, read once per tensor and version."""
+    return per_tensor(cu, "offsets", lambda: _read(cu))
 
 
 def _read(cu: torch.Tensor) -> tuple[int, ...]:
@@ -44,9 +64,8 @@ def _read(cu: torch.Tensor) -> tuple[int, ...]:
 
 def device_indices(key: tuple, build):
     """``build()``'s index tensors for ``key`` (lengths, layout, device), built once and kept:
-    the kernels only read them. While a CUDA graph is captured they are built afresh and not
-    kept (the graph's own memory; a kept tensor could be dropped while a graph still reads it)."""
-    if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+    the kernels only read them. Built afresh and not kept while a CUDA graph is captured."""
+    if _capturing():
         return build()
     with _lock:
         hit = _indices.get(key)
@@ -54,8 +73,5 @@ def device_indices(key: tuple, build):
             _indices.move_to_end(key)
             return hit
     value = build()
-    with _lock:
-        _indices[key] = value
-        while len(_indices) > MAX_ENTRIES:
-            _indices.popitem(last=False)
+    _keep(_indices, key, value)
     return value
