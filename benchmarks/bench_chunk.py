@@ -58,8 +58,10 @@ def fla_function(name):
     return getattr(importlib.import_module(f"fla.ops.{function[len('chunk_'):]}"), function)
 
 
-def make_inputs(name, B, T, H, D, torch, F):
-    dev, dt = "cuda", torch.bfloat16
+def make_inputs(name, B, T, H, D, torch, F, dev="cuda"):
+    """(kwargs of op ``name``, its keyword options, the leaves to clear gradients of): bf16 on
+    the GPU, fp32 on the CPU (the interpreter)."""
+    dt = torch.bfloat16 if dev == "cuda" else torch.float32
     gen = torch.Generator(device=dev).manual_seed(0)
 
     def rnd(*s):

@@ -80,3 +80,18 @@ def test_plot_of_a_sweep(tmp_path):
     path = tmp_path / "sweep.png"
     assert compare_chunk.plot({"ours": dict(results=rows)}, str(path)) == f"plot: {path}"
     assert path.stat().st_size > 1000
+
+
+def test_first_call_script_runs_its_processes(tmp_path):
+    """benchmarks/bench_first_call.py on the interpreter: a cold and a warm process per op, each
+    timing its start, import and first forward+backward (on a GPU the same calls compile)."""
+    import os
+    import subprocess
+    out = tmp_path / "first_call.json"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_first_call.py"), "--device", "cpu", "--ops",
+                    "chunk_simple_gla", "--shape", "1,20,1,16", "--out", str(out)], check=True, env=env,
+                   capture_output=True)
+    (row,) = json.loads(out.read_text())["results"]
+    for run in ("cold", "warm"):
+        assert set(row[run]) == {"start_s", "import_s", "first_call_s"}, row[run]
