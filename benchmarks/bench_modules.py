@@ -19,6 +19,8 @@ import json
 import os
 import sys
 
+from bench_chunk import device_ms  # (this directory: no package import, so FLA's process finds it too)
+
 # name: (constructor arguments, input shapes) at sizes of a ~1B-parameter model's layer
 CASES = {
     "RMSNorm": (dict(hidden_size=2048), dict(x=(8, 2048, 2048))),
@@ -126,7 +128,9 @@ def main():
             leaves = [x for x in inputs.values() if x.is_floating_point()]
             with torch.no_grad():
                 row["fwd_ms"] = round(do_bench(call, warmup=25, rep=200), 4)
+                row["fwd_device_ms"] = device_ms(call, torch)
             row["fwd_bwd_ms"] = round(do_bench(lambda: loss().backward(), warmup=25, rep=200, grad_to_none=leaves), 4)
+            row["fwd_bwd_device_ms"] = device_ms(lambda: loss().backward(), torch, grad_to_none=leaves)
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()

@@ -26,14 +26,27 @@ def main(ours_path, fla_path, eager_path):
         v = row.get(key)
         return "err" if "error" in row else ("—" if v is None else f"{v:.3f}" if key.endswith("ms") else f"{v:.0f}")
 
+    def ratio(fla, ours, key):
+        return f"{fla[key] / ours[key]:.2f}" if fla.get(key) and ours.get(key) else "—"
+
+    shapes = {name: " ".join(f"{n}{v}" for n, v in ours["shapes"].items()).replace(" ", "")
+              for name, ours in by_name[0].items()}
     for name, ours in by_name[0].items():
         fla, eager = by_name[1].get(name, {}), by_name[2].get(name, {})
-        ratio = (f"{fla['fwd_bwd_ms'] / ours['fwd_bwd_ms']:.2f}" if fla.get("fwd_bwd_ms") and ours.get("fwd_bwd_ms")
-                 else "—")
-        shapes = " ".join(f"{n}{v}" for n, v in ours["shapes"].items()).replace(" ", "")
-        print(f"| {name} | {shapes} | {get(ours, 'fwd_ms')} | {get(fla, 'fwd_ms')} | {get(eager, 'fwd_ms')} "
-              f"| {get(ours, 'fwd_bwd_ms')} | {get(fla, 'fwd_bwd_ms')} | {get(eager, 'fwd_bwd_ms')} | {ratio} "
+        print(f"| {name} | {shapes[name]} | {get(ours, 'fwd_ms')} | {get(fla, 'fwd_ms')} | {get(eager, 'fwd_ms')} "
+              f"| {get(ours, 'fwd_bwd_ms')} | {get(fla, 'fwd_bwd_ms')} | {get(eager, 'fwd_bwd_ms')} "
+              f"| {ratio(fla, ours, 'fwd_bwd_ms')} "
               f"| {get(ours, 'peak_mb')} | {get(fla, 'peak_mb')} | {get(eager, 'peak_mb')} |")
+    if any("fwd_device_ms" in row for row in by_name[0].values()):
+        print("\nGPU time alone (the kernels' CUDA time summed per call, torch.profiler; the host's share left "
+              "out), ms:\n")
+        print("| module | shapes | ours fwd | FLA fwd | FLA/ours fwd | ours f+b | FLA f+b | FLA/ours f+b |")
+        print("|---|---|---|---|---|---|---|---|")
+        for name, ours in by_name[0].items():
+            fla = by_name[1].get(name, {})
+            print(f"| {name} | {shapes[name]} | {get(ours, 'fwd_device_ms')} | {get(fla, 'fwd_device_ms')} "
+                  f"| {ratio(fla, ours, 'fwd_device_ms')} | {get(ours, 'fwd_bwd_device_ms')} "
+                  f"| {get(fla, 'fwd_bwd_device_ms')} | {ratio(fla, ours, 'fwd_bwd_device_ms')} |")
 
 
 if __name__ == "__main__":

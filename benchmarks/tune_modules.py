@@ -1,6 +1,7 @@
 """Launch options of the modules' Triton kernels (row_norm.py, causal_conv.py) on the GPU: each
 candidate checked against the PyTorch path (outputs and input gradients, max error relative to
-the largest magnitude) and timed forward and forward+backward, at bench_modules.py's shapes.
+the largest magnitude) and timed forward and forward+backward (wall time and the kernels' CUDA
+time), at bench_modules.py's shapes.
 
     python benchmarks/tune_modules.py [--out tune.json]
 """
@@ -20,6 +21,7 @@ import fla.modules.convolution
 import fla.modules.fused_norm_gate
 import fla.modules.layernorm
 import fla.modules.row_norm as row_norm
+from benchmarks.bench_chunk import device_ms
 
 NORM_CANDIDATES = list(itertools.product((2048, 4096, 8192), (256, 512, 1024)))  # TILE_ELEMS, WARP_ELEMS
 CONV_CANDIDATES = [(bt, bd, w) for bt, bd in ((64, 128), (32, 128), (128, 64), (64, 64), (32, 256)) for w in (4, 8)]
@@ -40,9 +42,12 @@ def cases():
 
 
 def run(mod, inputs):
+    """The output and the input gradients of a fixed random projection of it (not of its sum of
+    squares: a norm's is constant, its gradient rounding noise)."""
     out = mod(*inputs)
     out = out[0] if isinstance(out, tuple) else out
-    grads = torch.autograd.grad(out.float().square().sum(), inputs)
+    proj = torch.randn(out.shape, device=out.device, generator=torch.Generator(device=out.device).manual_seed(1))
+    grads = torch.autograd.grad((out.float() * proj).sum(), inputs)
     return [out.detach().float(), *(g.float() for g in grads)]
 
 
@@ -76,7 +81,9 @@ def main():
                                          for a, b in zip(ours, ref))
                 with torch.no_grad():
                     row["fwd_ms"] = round(do_bench(lambda: mod(*inputs), warmup=10, rep=50), 4)
+                    row["fwd_device_ms"] = device_ms(lambda: mod(*inputs), torch)
                 row["fwd_bwd_ms"] = round(do_bench(lambda: run(mod, inputs), warmup=10, rep=50), 4)
+                row["fwd_bwd_device_ms"] = device_ms(lambda: run(mod, inputs), torch)
             except Exception as e:  # noqa: BLE001 - report and go on
                 row["error"] = f"{type(e).__name__}: {str(e)[:200]}"
             print(json.dumps(row), flush=True)

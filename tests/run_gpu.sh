@@ -12,7 +12,7 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} FLAGEN_TEST_DEVICE=cuda TRITON
 export FLAGEN_CACHE_DIR=$(mktemp -d)
 # (tests/test_bad_input.py is written for the interpreter: fp32 bounds, CPU-made tensors)
 files=(tests/test_recurrent_ops.py tests/test_user_variant.py tests/test_chunk_ops.py tests/test_chunk_gpu.py
-       tests/test_op_arguments.py tests/test_layers.py tests/test_modules.py tests/test_models.py tests/test_compile.py)
+       tests/test_op_arguments.py tests/test_layers.py tests/test_modules.py tests/test_models.py tests/test_compile.py tests/test_packing.py)
 {
   nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
   python3 -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__, "cuda", torch.version.cuda)'

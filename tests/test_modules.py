@@ -328,16 +328,19 @@ def test_short_convolution(act, varlen, triton_path, monkeypatch):
     check(ours, ref, [x, w, b, h0])
 
 
-def test_causal_conv_triton_across_programs(monkeypatch):
+@pytest.mark.parametrize("varlen", [True, False], ids=["packed", "fixed_length"])
+def test_causal_conv_triton_across_programs(varlen, monkeypatch):
     """The Triton path where sequences cross its tiles of 64 tokens and 128 channels (the
-    backward's dx reads the next tile's dpre): against the PyTorch path, float64 not needed."""
+    backward's dx reads the next tile's dpre), packed (token bounds read from index tensors) or
+    of equal lengths (computed in the kernel): against the PyTorch path, float64 not needed."""
     import fla.modules.causal_conv
     gen = torch.Generator().manual_seed(0)
-    D, W, lens = 130, 4, [70, 3, 77]
+    D, W, lens = 130, 4, [70, 3, 77] if varlen else [70, 70, 70]
     x = torch.randn(1, sum(lens), D, generator=gen).to(DEVICE)
     w, b = torch.randn(D, W, generator=gen).to(DEVICE), torch.randn(D, generator=gen).to(DEVICE)
     h0 = torch.randn(len(lens), D, W, generator=gen).to(DEVICE)
-    cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], device=DEVICE)
+    cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], device=DEVICE) if varlen else None
+    x = x if varlen else x.reshape(len(lens), lens[0], D)
     results = []
     for path in (False, True):
         monkeypatch.setattr(fla.modules.causal_conv, "usable", lambda x, h0: path)
@@ -347,6 +350,71 @@ def test_causal_conv_triton_across_programs(monkeypatch):
         results.append([y, final] + [t.grad for t in leaves])
     for name, a, r in zip(["y", "final", "dx", "dw", "db"], results[1], results[0]):
         close(name, a, r)
+
+
+# the Triton kernels' inputs and outputs in the input dtype (fp32 inside): each output and
+# gradient within LOW_TOL of float64 on the same (rounded) inputs, relative to its largest
+# magnitude: a few roundings to the dtype, 2^-8 (bf16), 2^-11 (fp16), 2^-24 (fp32)
+LOW_TOL = {torch.bfloat16: 2e-2, torch.float16: 2e-3, torch.float32: 1e-4}
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=["bf16", "fp16", "fp32"])
+@pytest.mark.parametrize("case", ["rms_prenorm", "layer", "gated", "conv", "conv_packed"])
+def test_triton_kernels_in_each_dtype(case, dtype, monkeypatch):
+    """row_norm.py's and causal_conv.py's kernels (forced, the interpreter on the CPU) on bf16,
+    fp16 and fp32 inputs: outputs and every gradient against float64 on the same values."""
+    import fla.modules.causal_conv
+    from fla.modules.row_norm import row_norm
+    monkeypatch.setattr(fla.modules.causal_conv, "usable", lambda x, h0: True)
+    gen = torch.Generator().manual_seed(0)
+    D, W = 40, 4
+    lens = [70, 3, 0, 9]
+    rand = lambda *s: torch.randn(*s, generator=gen).to(dtype)  # noqa: E731
+    if case.startswith("conv"):
+        packed = case == "conv_packed"
+        x = rand(1, sum(lens), D) if packed else rand(2, 37, D)
+        cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], device=DEVICE) if packed else None
+        h0 = rand(len(lens) if packed else 2, D, W).to(DEVICE)
+        inputs = [x, rand(D, W), rand(D)]
+
+        def fn(x, w, b):
+            return causal_conv1d(x, w, b, None, h0 if x.dtype != torch.float64 else h0.double(), True, "silu", cu)
+
+        def ref(x, w, b):
+            with monkeypatch.context() as m:
+                m.setattr(fla.modules.causal_conv, "usable", lambda x, h0: False)
+                return fn(x, w, b)
+    else:
+        inputs = [rand(3, 5, D), rand(3, 5, D), (1 + torch.randn(D, generator=gen) / 4), torch.randn(D, generator=gen)]
+        kw = dict(rms_prenorm=dict(is_rms_norm=True, prenorm=True, residual_in_fp32=True),
+                  layer=dict(is_rms_norm=False), gated=dict(is_rms_norm=True, gate="swish"))[case]
+
+        def fn(x, r, w, b):
+            if case == "gated":
+                return row_norm(x, w, None, z=r, **kw)
+            return row_norm(x, w, b, residual=r if case == "rms_prenorm" else None, **kw)
+
+        def ref(x, r, w, b):
+            s = x + r if case == "rms_prenorm" else x
+            y = ref_norm(s, w, None if case == "gated" else b, 1e-5, kw["is_rms_norm"])
+            y = y * F.silu(r) if case == "gated" else y
+            return (y, s) if case == "rms_prenorm" else y
+    inputs = [t.to(DEVICE).requires_grad_() for t in inputs]
+    outs = fn(*inputs)
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    outs = [o for o in outs if o is not None]
+    assert outs[0].dtype == dtype
+    ref_in = [t.detach().double().requires_grad_() for t in inputs]
+    routs = ref(*ref_in)
+    routs = [o for o in (routs if isinstance(routs, tuple) else (routs,)) if o is not None]
+    gen_w = torch.Generator().manual_seed(1)
+    weights = [torch.randn(o.shape, generator=gen_w, dtype=torch.float64).to(o.device) for o in routs]
+    grads = torch.autograd.grad(sum((o.double() * w).sum() for o, w in zip(outs, weights)), inputs, allow_unused=True)
+    rgrads = torch.autograd.grad(sum((o * w).sum() for o, w in zip(routs, weights)), ref_in, allow_unused=True)
+    for name, a, b in [*zip(("y", "residual out"), outs, routs), *zip(("dx", "d2", "dw", "db"), grads, rgrads)]:
+        assert (a is None) == (b is None), f"{case}: {name} is None on one side only"
+        if b is not None:
+            close(f"{case} {dtype} {name}", a, b, LOW_TOL[dtype])
 
 
 def test_short_convolution_step_equals_forward():

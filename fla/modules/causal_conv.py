@@ -2,8 +2,11 @@
 packed sequences, forward and backward.
 
 x [L, D] holds the sequences one after another; token t belongs to the sequence that starts at
-``bos[t]`` (index ``seq[t]``); its inputs before that start come from the sequence's cached state
-h0 [N, D, W] (the newest last), or are 0. A program owns BT tokens and BD channels:
+``bos[t]`` (index ``seq[t]``, ending before ``eos[t]``), index tensors derived once per
+``cu_seqlens`` (flagen.runtime.packing), or, for a batch of equal lengths T, known to each
+program (a grid axis per sequence): a fixed-length call launches nothing but its kernel. Inputs before a sequence's
+start come from its cached state h0 [N, D, W] (the newest last), or are 0. A program owns BT
+tokens and BD channels:
 
     pre[t] = sum_j w[:, j] x_in(t - W + 1 + j) + b,    y[t] = act(pre[t])
 
@@ -19,9 +22,32 @@ import torch
 import triton
 import triton.language as tl
 
+from flagen.runtime import packing
 from flagen.runtime.intmath import cdiv
 
 BT, BD, WARPS = 64, 128, 4  # tokens and channels per program, and its warps
+
+
+@triton.jit
+def _tokens(bos, seq, eos, L, T, IS_VARLEN: tl.constexpr, BT: tl.constexpr):
+    """(o_t, m_t, start, index, end) of this program's BT tokens, each [BT]: packed, a tile of
+    the L tokens with its tokens' bounds read; of equal lengths T, a tile of sequence
+    program_id(2) (no per-token division)."""
+    if IS_VARLEN:
+        o_t = tl.program_id(0).to(tl.int64) * BT + tl.arange(0, BT)
+        m_t = o_t < L
+        b_bos = tl.load(bos + o_t, mask=m_t, other=0).to(tl.int64)
+        b_seq = tl.load(seq + o_t, mask=m_t, other=0).to(tl.int64)
+        b_eos = tl.load(eos + o_t, mask=m_t, other=0).to(tl.int64)
+    else:
+        o_l = tl.program_id(0) * BT + tl.arange(0, BT)
+        i_n = tl.program_id(2).to(tl.int64)
+        o_t = i_n * T + o_l
+        m_t = o_l < T
+        b_seq = tl.zeros([BT], dtype=tl.int64) + i_n
+        b_bos = b_seq * T
+        b_eos = b_bos + T
+    return o_t, m_t, b_bos, b_seq, b_eos
 
 
 @triton.jit
@@ -46,13 +72,12 @@ def _conv_tile(x, h0, w, b, b_bos, b_seq, o_t, m_t, o_d, m_d, D, W: tl.constexpr
 
 
 @triton.jit
-def causal_conv_fwd_kernel(x, h0, w, b, bos, seq, y, L, D, W: tl.constexpr, HAS_H0: tl.constexpr,
-                           HAS_B: tl.constexpr, ACT: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr):
-    o_t = tl.program_id(0).to(tl.int64) * BT + tl.arange(0, BT)
+def causal_conv_fwd_kernel(x, h0, w, b, bos, seq, eos, y, L, T, D, W: tl.constexpr, HAS_H0: tl.constexpr,
+                           HAS_B: tl.constexpr, ACT: tl.constexpr, IS_VARLEN: tl.constexpr, BT: tl.constexpr,
+                           BD: tl.constexpr):
+    o_t, m_t, b_bos, b_seq, _ = _tokens(bos, seq, eos, L, T, IS_VARLEN, BT)
     o_d = tl.program_id(1) * BD + tl.arange(0, BD)
-    m_t, m_d = o_t < L, o_d < D
-    b_bos = tl.load(bos + o_t, mask=m_t, other=0).to(tl.int64)
-    b_seq = tl.load(seq + o_t, mask=m_t, other=0).to(tl.int64) if HAS_H0 else b_bos
+    m_d = o_d < D
     b_y = _conv_tile(x, h0, w, b, b_bos, b_seq, o_t, m_t, o_d, m_d, D, W, HAS_H0, HAS_B, BT, BD)
     if ACT:
         b_y = b_y * tl.sigmoid(b_y)
@@ -60,17 +85,16 @@ def causal_conv_fwd_kernel(x, h0, w, b, bos, seq, y, L, D, W: tl.constexpr, HAS_
 
 
 @triton.jit
-def causal_conv_bwd_dpre_kernel(x, h0, w, b, bos, seq, dy, dpre, dw, db, L, D, W: tl.constexpr,
-                                HAS_H0: tl.constexpr, HAS_B: tl.constexpr, ACT: tl.constexpr, BT: tl.constexpr,
-                                BD: tl.constexpr):
-    """dpre [L, D] (fp32), and this program's sums dw [programs along L, D, W], db [.., D]."""
-    i_t = tl.program_id(0)
-    o_t = i_t.to(tl.int64) * BT + tl.arange(0, BT)
+def causal_conv_bwd_dpre_kernel(x, h0, w, b, bos, seq, eos, dy, dpre, dw, db, L, T, D, W: tl.constexpr,
+                                HAS_H0: tl.constexpr, HAS_B: tl.constexpr, ACT: tl.constexpr,
+                                IS_VARLEN: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr):
+    """dpre [L, D] (fp32), and this program's sums dw [token tiles, D, W], db [.., D] (tile i_t of
+    sequence i_n at i_n * tiles per sequence + i_t)."""
+    i_t = tl.program_id(2) * tl.num_programs(0) + tl.program_id(0)
+    o_t, m_t, b_bos, b_seq, _ = _tokens(bos, seq, eos, L, T, IS_VARLEN, BT)
     o_d = tl.program_id(1) * BD + tl.arange(0, BD)
-    m_t, m_d = o_t < L, o_d < D
+    m_d = o_d < D
     m = m_t[:, None] & m_d[None, :]
-    b_bos = tl.load(bos + o_t, mask=m_t, other=0).to(tl.int64)
-    b_seq = tl.load(seq + o_t, mask=m_t, other=0).to(tl.int64) if HAS_H0 else b_bos
     b_dp = tl.load(dy + o_t[:, None] * D + o_d[None, :], mask=m, other=0).to(tl.float32)
     if ACT:
         b_pre = _conv_tile(x, h0, w, b, b_bos, b_seq, o_t, m_t, o_d, m_d, D, W, HAS_H0, HAS_B, BT, BD)
@@ -91,13 +115,13 @@ def causal_conv_bwd_dpre_kernel(x, h0, w, b, bos, seq, dy, dpre, dw, db, L, D, W
 
 
 @triton.jit
-def causal_conv_bwd_dx_kernel(dpre, w, eos, dx, L, D, W: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr):
+def causal_conv_bwd_dx_kernel(dpre, w, bos, seq, eos, dx, L, T, D, W: tl.constexpr, IS_VARLEN: tl.constexpr,
+                              BT: tl.constexpr, BD: tl.constexpr):
     """dx[s] = sum_j w[:, j] dpre[s + W - 1 - j], over the taps that stay in s's sequence
     (eos: one past its last token)."""
-    o_t = tl.program_id(0).to(tl.int64) * BT + tl.arange(0, BT)
+    o_t, m_t, _, _, b_eos = _tokens(bos, seq, eos, L, T, IS_VARLEN, BT)
     o_d = tl.program_id(1) * BD + tl.arange(0, BD)
-    m_t, m_d = o_t < L, o_d < D
-    b_eos = tl.load(eos + o_t, mask=m_t, other=0).to(tl.int64)
+    m_d = o_d < D
     b_dx = tl.zeros([BT, BD], dtype=tl.float32)
     for j in tl.static_range(W):
         o_u = o_t + (W - 1) - j  # the output that reads s through tap j
@@ -108,46 +132,60 @@ def causal_conv_bwd_dx_kernel(dpre, w, eos, dx, L, D, W: tl.constexpr, BT: tl.co
 
 
 def token_bounds(cu_seqlens, L):
-    """(bos, eos, seq) [L] int32: each token's sequence start, end (one past) and index."""
-    lens = cu_seqlens.diff()
-    seq = torch.repeat_interleave(torch.arange(lens.numel(), device=cu_seqlens.device), lens, output_size=L)
-    return cu_seqlens[:-1][seq].to(torch.int32), cu_seqlens[1:][seq].to(torch.int32), seq.to(torch.int32)
+    """(bos, seq, eos) [L] int32: each token's sequence start, index and end (one past), derived
+    once per ``cu_seqlens`` tensor (a model's layers share it)."""
+    def build():
+        lens = cu_seqlens.diff()
+        seq = torch.repeat_interleave(torch.arange(lens.numel(), device=cu_seqlens.device), lens, output_size=L)
+        return cu_seqlens[:-1][seq].to(torch.int32), seq.to(torch.int32), cu_seqlens[1:][seq].to(torch.int32)
+    return packing.per_tensor(cu_seqlens, ("conv_token_bounds", L), build, device_tensors=True)
+
+
+def _grid(L, T, D, varlen):
+    """Token tiles of the L packed tokens, or of each of the L / T sequences of T tokens."""
+    return (cdiv(L, BT), cdiv(D, BD), 1) if varlen else (cdiv(T, BT), cdiv(D, BD), L // T)
 
 
 class CausalConv(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, initial_state, cu_seqlens, activation):
-        """x [L, D] packed, weight [D, W], bias [D] or None, initial_state [N, D, W] or None."""
+    def forward(ctx, x, weight, bias, initial_state, cu_seqlens, T, activation):
+        """x [L, D] packed: sequences of ``cu_seqlens`` [N + 1], or of T tokens each (cu_seqlens
+        None); weight [D, W], bias [D] or None, initial_state [N, D, W] or None."""
         L, D = x.shape
         W = weight.shape[-1]
         x, weight = x.contiguous(), weight.contiguous()
         h0 = initial_state.contiguous() if initial_state is not None else None
-        bos, eos, seq = token_bounds(cu_seqlens, L)
+        bounds = token_bounds(cu_seqlens, L) if cu_seqlens is not None else (None, None, None)
         y = torch.empty_like(x)
-        grid = (cdiv(L, BT), cdiv(D, BD))
-        causal_conv_fwd_kernel[grid](x, h0, weight, bias, bos, seq, y, L, D, W=W, HAS_H0=h0 is not None,
-                                     HAS_B=bias is not None, ACT=activation is not None, BT=BT, BD=BD,
-                                     num_warps=WARPS)
-        ctx.save_for_backward(x, weight, bias, h0, bos, eos, seq)
-        ctx.activation = activation
+        grid = _grid(L, T, D, cu_seqlens is not None)
+        causal_conv_fwd_kernel[grid](x, h0, weight, bias, *bounds, y, L, T, D, W=W, HAS_H0=h0 is not None,
+                                     HAS_B=bias is not None, ACT=activation is not None,
+                                     IS_VARLEN=cu_seqlens is not None, BT=BT, BD=BD, num_warps=WARPS)
+        ctx.save_for_backward(x, weight, bias, h0, *(b for b in bounds if b is not None))
+        ctx.T, ctx.activation = T, activation
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        x, weight, bias, h0, bos, eos, seq = ctx.saved_tensors
+        x, weight, bias, h0, *bounds = ctx.saved_tensors
+        varlen = bool(bounds)
+        bounds = bounds or (None, None, None)
         L, D = x.shape
         W = weight.shape[-1]
-        grid = (cdiv(L, BT), cdiv(D, BD))
+        grid = _grid(L, ctx.T, D, varlen)
         dpre = torch.empty(L, D, device=x.device, dtype=torch.float32)
-        dw = torch.empty(grid[0], D, W, device=x.device, dtype=torch.float32)
-        db = torch.empty(grid[0], D, device=x.device, dtype=torch.float32) if bias is not None else None
-        causal_conv_bwd_dpre_kernel[grid](x, h0, weight, bias, bos, seq, dy.contiguous(), dpre, dw, db, L, D, W=W,
-                                          HAS_H0=h0 is not None, HAS_B=bias is not None,
-                                          ACT=ctx.activation is not None, BT=BT, BD=BD, num_warps=WARPS)
+        tiles = grid[0] * grid[2]
+        dw = torch.empty(tiles, D, W, device=x.device, dtype=torch.float32)
+        db = torch.empty(tiles, D, device=x.device, dtype=torch.float32) if bias is not None else None
+        causal_conv_bwd_dpre_kernel[grid](x, h0, weight, bias, *bounds, dy.contiguous(), dpre, dw, db, L, ctx.T, D,
+                                          W=W, HAS_H0=h0 is not None, HAS_B=bias is not None,
+                                          ACT=ctx.activation is not None, IS_VARLEN=varlen, BT=BT, BD=BD,
+                                          num_warps=WARPS)
         dx = torch.empty_like(x)
-        causal_conv_bwd_dx_kernel[grid](dpre, weight, eos, dx, L, D, W=W, BT=BT, BD=BD, num_warps=WARPS)
+        causal_conv_bwd_dx_kernel[grid](dpre, weight, *bounds, dx, L, ctx.T, D, W=W, IS_VARLEN=varlen, BT=BT,
+                                        BD=BD, num_warps=WARPS)
         return (dx, dw.sum(0).to(weight.dtype), db.sum(0).to(bias.dtype) if db is not None else None,
-                None, None, None)
+                None, None, None, None)
 
 
 def usable(x, initial_state) -> bool:

@@ -15,13 +15,19 @@ CONV_ACTIVATIONS = (None, "silu", "swish")
 
 
 def _sequences(x, cu_seqlens):
-    """(packed x [L, D], cu_seqlens [N + 1] int64) of x [B, T, D] (B = 1 with cu_seqlens)."""
+    """(packed x [L, D], cu_seqlens [N + 1] int64 or None for B sequences of T tokens) of x
+    [B, T, D] (B = 1 with cu_seqlens)."""
     B, T, D = x.shape
     if cu_seqlens is None:
-        return x.reshape(B * T, D), torch.arange(0, B * T + 1, T, device=x.device)
+        return x.reshape(B * T, D), None
     if B != 1:
         raise ValueError(f"with `cu_seqlens`, x must be packed into a batch of 1, got batch {B}")
     return x[0], cu_seqlens.to(x.device, torch.int64)
+
+
+def _offsets(cu, B, T, device):
+    """cu_seqlens [N + 1] int64, made for B sequences of T tokens where none was given."""
+    return cu if cu is not None else torch.arange(0, B * T + 1, T, device=device)
 
 
 def causal_conv1d(x, weight, bias=None, residual=None, initial_state=None, output_final_state=False,
@@ -35,13 +41,17 @@ def causal_conv1d(x, weight, bias=None, residual=None, initial_state=None, outpu
     B, T, D = x.shape
     W = weight.shape[-1]
     flat, cu = _sequences(x, cu_seqlens)
-    N, L = cu.numel() - 1, flat.shape[0]
+    N, L = (cu.numel() - 1 if cu is not None else B), flat.shape[0]
     if initial_state is not None and tuple(initial_state.shape) != (N, D, W):
         raise ValueError(f"the conv `cache` must be [N, D, W] = {[N, D, W]}, got {list(initial_state.shape)}")
     if causal_conv.usable(flat, initial_state):
-        y = causal_conv.CausalConv.apply(flat, weight, bias, initial_state, cu, activation).reshape(B, T, D)
-        final = _final_state(flat, cu, initial_state, W) if output_final_state else None
+        # a batch of equal lengths leaves its token bounds to the kernel (a grid axis per
+        # sequence, at most 65535 of them)
+        cu = _offsets(cu, B, T, x.device) if B > 65535 else cu
+        y = causal_conv.CausalConv.apply(flat, weight, bias, initial_state, cu, T, activation).reshape(B, T, D)
+        final = _final_state(flat, _offsets(cu, B, T, x.device), initial_state, W) if output_final_state else None
         return (y + residual if residual is not None else y), final
+    cu = _offsets(cu, B, T, x.device)
     # each sequence behind its W prefix inputs (the cached ones, or zeros): one padded stream
     prefix = (initial_state.transpose(1, 2).to(flat.dtype) if initial_state is not None
               else flat.new_zeros(N, W, D))
