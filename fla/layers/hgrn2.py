@@ -10,6 +10,7 @@ from einops import rearrange
 
 from fla.layers.base import QKVLayer
 from fla.modules import RMSNorm
+from fla.modules.layernorm import rms_norm
 from fla.ops.gla import chunk_gla, fused_recurrent_gla
 
 MODES = ("chunk", "fused_recurrent", "fused_chunk")
@@ -65,4 +66,7 @@ class HGRN2Attention(QKVLayer):
         return chunk_gla(q, k, i, g=g, **common)
 
     def _readout(self, o, x):
-        return self.o_proj(self.g_norm(rearrange(o, "... h d -> ... (h d)")).to(x.dtype))
+        # FLA 0.6.0 normalises with rms_norm_linear's default eps, 1e-5, not g_norm.eps (norm_eps):
+        # what its checkpoints were trained with
+        o = rms_norm(rearrange(o, "... h d -> ... (h d)"), self.g_norm.weight, self.g_norm.bias, eps=1e-5)
+        return self.o_proj(o.to(x.dtype))

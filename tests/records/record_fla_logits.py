@@ -11,11 +11,16 @@ project's venv), on the device machine::
 For every family below (FLA 0.6.0's ``transformer`` needs flash-attn, not installed there), a
 tiny config, ``torch.manual_seed(0)`` before the model is built, bf16 on the GPU, and fixed
 input ids: the record holds the config, the state_dict, the ids and the logits (both
-``mode='chunk'`` at T = 80 and a T = 20 input that FLA runs token by token).
+``mode='chunk'`` at T = 80 and a T = 20 input that FLA runs token by token). FLA autotunes each
+family's kernels first (about a minute each on the H200): a record already at the output path
+is continued, so a run cut short by the device's time limit resumes where it stopped::
+
+    cp tests/records/fla060_logits.pt $OUT/ && (cd $d && PYTHONPATH= python3 ... $d $OUT/fla060_logits.pt)
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
 TINY = dict(hidden_size=64, num_hidden_layers=2, vocab_size=64, num_heads=2, max_position_embeddings=128)
@@ -37,8 +42,11 @@ def main(fla_dir: str, out: str):
     import fla
     assert fla.__file__.startswith(fla_dir), f"imported {fla.__file__}, not upstream's"
     import fla.models  # noqa: F401 - registers the model types
-    record = {}
+    # a record already at ``out`` is continued: its families stay, the others are recorded
+    record = torch.load(out) if os.path.exists(out) else {}
     for family, extra in FAMILIES.items():
+        if family in record and "error" not in record[family]:
+            continue
         try:
             config = AutoConfig.for_model(family, **TINY, **extra)
             torch.manual_seed(0)
