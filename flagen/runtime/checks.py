@@ -46,7 +46,7 @@ def scale_value(scale, K: int) -> float:
 
 def integer(x) -> bool:
     """An integer (Python's or numpy's), not a bool."""
-    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+    return type(x) is int or (isinstance(x, numbers.Integral) and not isinstance(x, bool))
 
 
 def positive_int(name: str, x) -> int:

@@ -8,6 +8,7 @@ or sympy.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from types import ModuleType
 
 import torch
@@ -24,6 +25,7 @@ from flagen.runtime.normalizer import divisor_gradients
 DEFAULT_CHECKPOINT_INTERVAL = 64
 
 
+@lru_cache(maxsize=None)
 def _tiles(K: int, V: int, budget: int) -> tuple[int, int, int]:
     """BK covers all of K (the delta rule and low-rank transitions mix keys); BV keeps the
     [BK, BV] fp32 blocks a program holds within ``budget`` elements."""
@@ -151,7 +153,8 @@ class RecurrentOp:
         checks.tensor("k", k, ndim=nl + 2, device=dev)
         checks.tensor("v", v, ndim=nl + 2, device=dev)
         P, (H, K) = tuple(q.shape[:nl]), q.shape[nl:]
-        checks.shape("k", k, q.shape, f"[{names}, H, K]")
+        if k.shape != q.shape:  # (the messages are formatted only for a mismatch: the hot path of decoding)
+            checks.shape("k", k, q.shape, f"[{names}, H, K]")
         if k.dtype != q.dtype or v.dtype != q.dtype:
             raise TypeError(f"`q`, `k` and `v` must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
         if tuple(v.shape[:nl]) != P:
@@ -173,9 +176,11 @@ class RecurrentOp:
                     raise TypeError(f"`{name}` must be a Python number")
                 continue
             checks.tensor(name, x, device=dev)
-            expected, what = {"token": (P + (HV,), f"[{names}, HV]"), "token_key": (P + (HV, K), f"[{names}, HV, K]"),
-                              "head": ((HV,), "[HV]"), "head_key": ((HV, K), "[HV, K]")}[kind]
-            checks.shape(name, x, expected, what)
+            expected = (P + (HV,) if kind == "token" else P + (HV, K) if kind == "token_key" else
+                        (HV,) if kind == "head" else (HV, K))
+            if tuple(x.shape) != expected:
+                what = {"token": f"[{names}, HV]", "token_key": f"[{names}, HV, K]", "head": "[HV]", "head_key": "[HV, K]"}
+                checks.shape(name, x, expected, what[kind])
         if lead != ("B", "T"):
             return None, None
         B, T = P
@@ -275,18 +280,18 @@ class RecurrentOp:
         more for one token). q, k [B, 1, H, K]; v [B, 1, HV, V]: (o, final state)."""
         B, _, H, K = q.shape
         HV, V = v.shape[2], v.shape[3]
-        token = {n: x[:, 0] if self.inputs[n].startswith("token") else x for n, x in inputs.items()}
         f32 = dict(dtype=torch.float32, device=q.device)
         h0 = initial_state.to(torch.float32).contiguous() if initial_state is not None else None
         out = torch.empty(B, HV, K, V, **f32)
         out_z = torch.empty(B, HV, K, **f32) if self.module.NORMALIZE else None
         if self.module.NORMALIZE and h0 is not None:
             z0 = z0.to(torch.float32).contiguous() if z0 is not None else torch.zeros(B, HV, K, **f32)
-        o = self._step(q[:, 0], k[:, 0], v[:, 0], token, scale, h0, z0, out=out, out_z=out_z)
+        # the token axis stays: [B, 1, ...] rows are [B, ...] rows (no slicing on the hot path)
+        o = self._step(q, k, v, inputs, scale, h0, z0, out=out, out_z=out_z)
         final = None
         if output_final_state:
             final = (out, out_z) if self.module.NORMALIZE else out
-        return o.unsqueeze(1), final
+        return o, final
 
     def decode(self, q, k, v, state, scale=None, state_indices=None, check_indices=True, **inputs):
         """One generation step: q, k [N, H, K] (or [N, 1, H, K]), v [N, HV, V] (or [N, 1, HV, V]),
@@ -346,11 +351,11 @@ class RecurrentOp:
 
     def _step(self, q, k, v, inputs, scale, state, state_z, state_indices=None, out=None, out_z=None):
         """Launch the decode kernel on checked arguments (q, k [N, H, K], v [N, HV, V], inputs
-        without the token axis): ``state`` (``state_z``) updated in place, or with ``out``
-        [N, HV, K, V] (``out_z`` [N, HV, K]) only read (None: the states start at 0) and the
-        new states written there. Returns o [N, HV, V]."""
-        N, H, K = q.shape
-        HV, V = v.shape[1], v.shape[2]
+        [N, HV(, K)]; each may keep a token axis of 1 after N: the kernel reads rows):
+        ``state`` (``state_z``) updated in place, or with ``out`` [N, HV, K, V] (``out_z``
+        [N, HV, K]) only read (None: the states start at 0) and the new states written
+        there. Returns o shaped like v."""
+        N, (H, K), (HV, V) = q.shape[0], q.shape[-2:], v.shape[-2:]
         raw = [inputs[n].contiguous() for n, kind in self.module.INPUTS if kind != "const"]
         meta = {"consts": {n: float(inputs[n]) for n, kind in self.module.INPUTS if kind == "const"}}
         BK, BV, NV = _tiles(K, V, 8192)
