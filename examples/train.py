@@ -9,13 +9,13 @@ batches in the same order.
     python examples/train.py --preset gpu --device cuda   # ~100M parameters, a few hundred steps
 
 On the CPU the kernels run through Triton's interpreter: the tiny preset trains the
-transformer, GLA and the hybrid in minutes; Gated DeltaNet (``--families ...,gated_deltanet``)
-takes its token-by-token kernels there until the chunked delta-rule ones land, tens of minutes.
+transformer, GLA and the hybrid in minutes; Gated DeltaNet (``--families ...,gated_deltanet``,
+its chunked WY-form kernels through the interpreter) takes longer.
     python examples/train.py --families gla,gated_deltanet --steps 50 --out train-out
 
 Writes <out>/train_<preset>.json (per family: parameters, train and validation losses in bits
-per byte, tokens/s) and, with matplotlib installed, <out>/train_<preset>.png. tqdm, if
-installed, shows progress.
+per byte, tokens/s) and, with matplotlib installed, <out>/train_<preset>.png (or later, from the
+JSON: ``--replot <out>/train_<preset>.json``). tqdm, if installed, shows progress.
 """
 
 from __future__ import annotations
@@ -173,7 +173,12 @@ def main():
     p.add_argument("--families", default=None, help="comma-separated, from FAMILIES (default: the preset's)")
     p.add_argument("--steps", type=int, default=None, help="override the preset's number of steps")
     p.add_argument("--out", default="train-out")
+    p.add_argument("--replot", metavar="JSON", help="only draw the plot of an earlier run's train_<preset>.json "
+                                                    "(for a run on a machine without matplotlib)")
     args = p.parse_args()
+    if args.replot:
+        plot(json.loads(Path(args.replot).read_text())["runs"], Path(args.replot).with_suffix(".png"))
+        return
     if args.device == "cpu":
         os.environ.setdefault("TRITON_INTERPRET", "1")  # the kernels run on the CPU through Triton's interpreter
     import torch
