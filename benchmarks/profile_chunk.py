@@ -1,9 +1,11 @@
 """Where the time of a chunked op goes, and how it moves with the kernels' tiles (GPU).
 
-    python benchmarks/profile_chunk.py [--ops chunk_gla,chunk_simple_gla] [--shape B,T,H,D]
+    python benchmarks/profile_chunk.py [--ops chunk_gla,chunk_simple_gla] [--shape B,T,H,D] [--dot bf16]
 
 Prints the CUDA time per kernel of one forward+backward (torch.profiler) and the forward and
-forward+backward times. Tile sweeps: `flagen tune`.
+forward+backward times. Tile sweeps: `flagen tune`. ``--dot`` (an experiment, not a setting:
+the results are not checked) gives every product of the delta-rule kernels that precision, to
+see what the precisions of chunked_delta.DOT_PRECISION cost.
 """
 
 from __future__ import annotations
@@ -21,7 +23,13 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--ops", default="chunk_gla,chunk_simple_gla")
     p.add_argument("--shape", default="4,2048,16,128")
+    p.add_argument("--dot", choices=["bf16", "tf32", "tf32x3", "bf16x3"], default=None)
     args = p.parse_args()
+    if args.dot:
+        from flagen.runtime import chunked_delta
+        chunked_delta.KEY_PATH_PRECISION = args.dot
+        for roles in chunked_delta.DOT_PRECISION.values():
+            roles.update(dict.fromkeys(roles, args.dot))
     B, T, H, D = (int(x) for x in args.shape.split(","))
     for name in args.ops.split(","):
         fn = fla_function(name)
