@@ -95,3 +95,16 @@ def test_first_call_script_runs_its_processes(tmp_path):
     (row,) = json.loads(out.read_text())["results"]
     for run in ("cold", "warm"):
         assert set(row[run]) == {"start_s", "import_s", "first_call_s"}, row[run]
+
+
+def test_delta_ablations_apply_and_run():
+    """benchmarks/ablate_delta.py's substitutions each apply to the generated module as often as
+    stated, and every ablated module runs (interpreter, tiny shape: the timing is the GPU's)."""
+    import os
+    import subprocess
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ablate_delta.py"), "--smoke"], check=True,
+                         capture_output=True, text=True, cwd=ROOT,
+                         env={**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}).stdout
+    from ablate_delta import ABLATIONS
+    ran = [json.loads(line)["ablation"] for line in out.splitlines() if line.startswith("{")]
+    assert ran == list(ABLATIONS)

@@ -1,0 +1,154 @@
+"""Where the chunked delta rule's forward spends its time, by ablation (GPU).
+
+    python benchmarks/ablate_delta.py [--variant gated_delta_rule_l2norm] [--shape 2,16384,16,128]
+                                      [--ablations baseline,no_inverse,...]
+
+Each ablation is the built-in's generated module with one piece of a kernel taken out or
+changed (a text substitution on its source, which must apply exactly as often as stated),
+imported as a module of its own; its op's forward is profiled (torch.profiler, the CUDA time of
+each kernel per call). The results are wrong on purpose: only the times mean something. What a
+piece costs is the baseline's time minus the ablation's.
+
+With ``--smoke`` the substitutions are applied and each ablation runs once at a tiny shape
+(on the CPU through Triton's interpreter): the harness's own test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from flagen.codegen.build import generated_dir, import_path
+from flagen.runtime import chunked, chunked_delta
+from flagen.runtime.op import RecurrentOp
+
+# name: dict(kernel=the kernel whose source changes (None: the whole module), subs=[(old, new,
+# count)] ("re:" before old: a regular expression; count None: any), dot=a precision for every
+# product, tiles={chunked.TILES entry: launch options})
+ABLATIONS = {
+    "baseline": {},
+    # the triangular inverse: T = A (what wy_inverse's merges cost)
+    "no_inverse": dict(kernel="chunk_delta_wy", subs=[("b_T = wy_inverse(b_A, BT)", "b_T = b_A", 1)]),
+    # the inverse's merges in one tf32 product each, not three
+    "merges_tf32": dict(subs=[('input_precision="tf32x3")', 'input_precision="tf32")', 2)]),
+    # the scalar path's cumulative gate sums in fp32, not fp64 (its [BT, BT] pair decays too)
+    "fp32_gate_sums": dict(subs=[(".to(tl.float64)", "", None)]),
+    # no Tm or P written by the WY kernel (their [BT, BT] rows per token)
+    "no_pair_stores": dict(kernel="chunk_delta_wy", subs=[("    tl.store(Tm + o_pair, b_T, mask=m_t[:, None])\n", "", 1),
+                                                           ("    tl.store(P + o_pair, b_P, mask=m_t[:, None])\n", "", 1)]),
+    # no w or u written (their products then vanish with them)
+    "no_w_u": dict(kernel="chunk_delta_wy", subs=[(r"re:\n        tl\.store\(w \+ [^\n]*", "", 1),
+                                                   (r"re:\n        tl\.store\(u \+ [^\n]*", "", 1)]),
+    # the state walk without writing each chunk's state
+    "no_state_stores": dict(kernel="chunk_delta_fwd_h", subs=[(r"re:\n        tl\.store\(h \+ [^\n]*", "", 1)]),
+    # every product one bf16 product (chunked_delta's precision table overridden)
+    "dot_bf16": dict(dot="bf16"),
+    # the WY kernel's launch options (BK, BV, warps, stages; default (64, 64, 4, 3))
+    "wy_8_warps": dict(tiles={"delta_wy": (64, 64, 8, 1)}),
+    "wy_bk32_8_warps": dict(tiles={"delta_wy": (32, 64, 8, 1)}),
+}
+
+
+def _substitute(text: str, old: str, new: str, count: int | None) -> str:
+    if old.startswith("re:"):
+        out, n = re.subn(old[3:], new, text)
+    else:
+        n, out = text.count(old), text.replace(old, new)
+    if n == 0 or (count is not None and n != count):
+        raise ValueError(f"substitution {old!r} applies {n} times, expected {count or 'some'}")
+    return out
+
+
+def ablated_module(variant: str, name: str, tmp: Path):
+    """The variant's generated module with ablation ``name`` applied, imported from ``tmp``."""
+    kernel, subs = ABLATIONS[name].get("kernel"), ABLATIONS[name].get("subs", [])
+    text = (generated_dir() / f"{variant}.py").read_text(encoding="utf-8")
+    if kernel is None:
+        start, end = 0, len(text)
+    else:
+        start = text.index(f"def {variant}_{kernel}(")
+        end = text.find("@triton.jit", start)
+        end = len(text) if end < 0 else end
+    body = text[start:end]
+    for old, new, count in subs:
+        body = _substitute(body, old, new, count)
+    path = tmp / f"ablate_{variant}_{name}.py"
+    path.write_text(text[:start] + body + text[end:], encoding="utf-8")
+    return import_path(path, f"flagen_ablate_{variant}_{name}")
+
+
+def inputs(B, T, H, D, device, dtype):
+    gen = torch.Generator(device=device).manual_seed(0)
+
+    def rand(*s):
+        return torch.randn(*s, generator=gen, device=device)
+    q, k, v = (rand(B, T, H, D).to(dtype) for _ in range(3))
+    return q, k, v, dict(g=F.logsigmoid(rand(B, T, H)) / 16, beta=torch.sigmoid(rand(B, T, H)))
+
+
+def kernel_times(fn, reps=10):
+    """CUDA ms per call of each kernel ``fn`` launches (torch.profiler)."""
+    fn()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+    return {e.key: round(e.device_time_total / reps / 1000, 4) for e in prof.key_averages()
+            if e.device_time_total > 0}
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--variant", default="gated_delta_rule_l2norm")
+    p.add_argument("--shape", default="2,16384,16,128")
+    p.add_argument("--ablations", default=",".join(ABLATIONS))
+    p.add_argument("--out", default=None)
+    p.add_argument("--smoke", action="store_true", help="tiny shape, once each, on the CPU: the harness's test")
+    args = p.parse_args()
+    B, T, H, D = (1, 37, 2, 16) if args.smoke else (int(x) for x in args.shape.split(","))
+    device, dtype = ("cpu", torch.float32) if args.smoke else ("cuda", torch.bfloat16)
+    q, k, v, raw = inputs(B, T, H, D, device, dtype)
+    rows = []
+    saved = ({d: dict(roles) for d, roles in chunked_delta.DOT_PRECISION.items()}, chunked_delta.KEY_PATH_PRECISION,
+             dict(chunked.TILES))
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.ablations.split(","):
+            op = RecurrentOp(ablated_module(args.variant, name, Path(tmp)))
+            dot = ABLATIONS[name].get("dot")
+            chunked.TILES.update(ABLATIONS[name].get("tiles", {}))
+            if dot:
+                chunked_delta.KEY_PATH_PRECISION = dot
+                for roles in chunked_delta.DOT_PRECISION.values():
+                    roles.update(dict.fromkeys(roles, dot))
+
+            def fwd():
+                with torch.no_grad():
+                    return op.chunk(q, k, v, **raw)
+            try:
+                if args.smoke:
+                    fwd()
+                    row = dict(ablation=name, ran=True)
+                else:
+                    times = kernel_times(fwd)
+                    row = dict(ablation=name, total_ms=round(sum(times.values()), 4),
+                               kernels={key.replace(f"{args.variant}_", ""): t for key, t in times.items()})
+            finally:
+                chunked_delta.DOT_PRECISION.update({d: dict(r) for d, r in saved[0].items()})
+                chunked_delta.KEY_PATH_PRECISION = saved[1]
+                chunked.TILES.clear()
+                chunked.TILES.update(saved[2])
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    if args.out:
+        Path(args.out).write_text(json.dumps(dict(variant=args.variant, shape=[B, T, H, D], rows=rows), indent=1))
+
+
+if __name__ == "__main__":
+    main()
