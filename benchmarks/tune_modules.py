@@ -23,7 +23,7 @@ import fla.modules.layernorm
 import fla.modules.row_norm as row_norm
 from benchmarks.bench_chunk import device_ms
 
-NORM_CANDIDATES = list(itertools.product((2048, 4096, 8192), (256, 512, 1024)))  # TILE_ELEMS, WARP_ELEMS
+NORM_CANDIDATES = list(itertools.product((2048, 4096, 8192), (256, 512, 1024)))  # row_norm.LAUNCH entries
 CONV_CANDIDATES = [(bt, bd, w) for bt, bd in ((64, 128), (32, 128), (128, 64), (64, 64), (32, 256)) for w in (4, 8)]
 
 
@@ -65,13 +65,14 @@ def main():
     p.add_argument("--out", default=None)
     args = p.parse_args()
     rows = []
+    defaults = dict(row_norm.LAUNCH), (causal_conv.BT, causal_conv.BD, causal_conv.WARPS)
     for name, (kind, mod, inputs) in cases().items():
         set_path(False)
         ref = run(mod, inputs)
         set_path(True)
         for cand in NORM_CANDIDATES if kind == "norm" else CONV_CANDIDATES:
-            if kind == "norm":
-                row_norm.TILE_ELEMS, row_norm.WARP_ELEMS = cand
+            if kind == "norm":  # both kernels: pick the forward's by fwd, the backward's by f+b - fwd
+                row_norm.LAUNCH.update(fwd=cand, bwd=cand)
             else:
                 causal_conv.BT, causal_conv.BD, causal_conv.WARPS = cand
             row = dict(module=name, launch=list(cand))
@@ -88,8 +89,8 @@ def main():
                 row["error"] = f"{type(e).__name__}: {str(e)[:200]}"
             print(json.dumps(row), flush=True)
             rows.append(row)
-        row_norm.TILE_ELEMS, row_norm.WARP_ELEMS = 2048, 512
-        causal_conv.BT, causal_conv.BD, causal_conv.WARPS = 64, 128, 4
+        row_norm.LAUNCH.update(defaults[0])
+        causal_conv.BT, causal_conv.BD, causal_conv.WARPS = defaults[1]
     if args.out:
         with open(args.out, "w") as f:
             json.dump(rows, f, indent=1)

@@ -22,7 +22,9 @@ from flagen.runtime.intmath import cdiv, next_power_of_2
 
 GATES = {None: 0, "swish": 1, "silu": 1, "sigmoid": 2}
 MAX_N = 16384  # channels per group that one program holds in registers
-TILE_ELEMS, WARP_ELEMS = 2048, 512  # a tile's rows x channels (at least one row), and per warp
+# (a tile's rows x channels, at least one row; and per warp) for the forward and the backward
+# kernels, apart: benchmarks/tune_modules.py sweeps each
+LAUNCH = {"fwd": (2048, 512), "bwd": (2048, 512)}
 
 
 @triton.jit
@@ -160,14 +162,15 @@ def _launch(M, G, N, device, backward):
     """(programs along the rows, tiles of BM rows per program, launch options): the forward a
     tile per program, the backward about 4 programs per SM (each sums dw over its rows)."""
     BN = next_power_of_2(N)
-    BM = max(1, min(16, TILE_ELEMS // BN))
+    tile_elems, warp_elems = LAUNCH["bwd" if backward else "fwd"]
+    BM = max(1, min(16, tile_elems // BN))
     tiles = cdiv(M, BM)
     if backward:
         sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 2
         programs = max(1, min(tiles, cdiv(4 * sms, G)))
     else:
         programs = tiles
-    return programs, cdiv(tiles, programs), dict(BM=BM, BN=BN, num_warps=min(max(BM * BN // WARP_ELEMS, 1), 16))
+    return programs, cdiv(tiles, programs), dict(BM=BM, BN=BN, num_warps=min(max(BM * BN // warp_elems, 1), 16))
 
 
 class RowNorm(torch.autograd.Function):
