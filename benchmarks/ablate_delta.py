@@ -1,13 +1,15 @@
 """Where the chunked delta rule's forward spends its time, by ablation (GPU).
 
     python benchmarks/ablate_delta.py [--variant gated_delta_rule_l2norm] [--shape 2,16384,16,128]
-                                      [--ablations baseline,no_inverse,...]
+                                      [--ablations baseline,no_inverse,...] [--out ablate.json]
 
 Each ablation is the built-in's generated module with one piece of a kernel taken out or
 changed (a text substitution on its source, which must apply exactly as often as stated),
 imported as a module of its own; its op's forward is profiled (torch.profiler, the CUDA time of
 each kernel per call). The results are wrong on purpose: only the times mean something. What a
-piece costs is the baseline's time minus the ablation's.
+piece costs is the baseline's time minus the ablation's. An ablation whose piece the variant's
+kernels do not have (fp64 gate sums on the per-key path, block pairs on the scalar one) is
+reported as skipped.
 
 With ``--smoke`` the substitutions are applied and each ablation runs once at a tiny shape
 (on the CPU through Triton's interpreter): the harness's own test.
@@ -47,6 +49,11 @@ ABLATIONS = {
                                                    (r"re:\n        tl\.store\(u \+ [^\n]*", "", 1)]),
     # the state walk without writing each chunk's state
     "no_state_stores": dict(kernel="chunk_delta_fwd_h", subs=[(r"re:\n        tl\.store\(h \+ [^\n]*", "", 1)]),
+    # the per-key path (KDA): the pairs within 16-token blocks, taken column by column
+    "no_block_pairs": dict(kernel="chunk_delta_wy", subs=[("for j in range(0, 16):", "for j in range(0, 0):", 1)]),
+    # the per-key path: the pairs across blocks, products of factors through each block's boundary
+    "no_cross_block_pairs": dict(kernel="chunk_delta_wy", subs=[("for i_b in range(1, BT // 16):",
+                                                                 "for i_b in range(1, 1):", 1)]),
     # every product one bf16 product (chunked_delta's precision table overridden)
     "dot_bf16": dict(dot="bf16"),
     # the WY kernel's launch options (BK, BV, warps, stages; default (64, 64, 4, 3))
@@ -83,13 +90,20 @@ def ablated_module(variant: str, name: str, tmp: Path):
     return import_path(path, f"flagen_ablate_{variant}_{name}")
 
 
-def inputs(B, T, H, D, device, dtype):
+def inputs(module, B, T, H, D, device, dtype):
+    """q, k, v and the module's raw inputs as the chunk benchmarks make them: log decays
+    logsigmoid(N(0, 1)) / 16, betas sigmoid(N(0, 1)), other parameters N(0, 1)."""
     gen = torch.Generator(device=device).manual_seed(0)
 
     def rand(*s):
         return torch.randn(*s, generator=gen, device=device)
     q, k, v = (rand(B, T, H, D).to(dtype) for _ in range(3))
-    return q, k, v, dict(g=F.logsigmoid(rand(B, T, H)) / 16, beta=torch.sigmoid(rand(B, T, H)))
+    shapes = {"token": (B, T, H), "token_key": (B, T, H, D), "head": (H,), "head_key": (H, D)}
+    raw = {}
+    for name, kind in module.INPUTS:
+        x = rand(*shapes[kind])
+        raw[name] = F.logsigmoid(x) / 16 if name == "g" else torch.sigmoid(x) if name == "beta" else x
+    return q, k, v, raw
 
 
 def kernel_times(fn, reps=10):
@@ -106,7 +120,7 @@ def kernel_times(fn, reps=10):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--variant", default="gated_delta_rule_l2norm")
+    p.add_argument("--variant", default="gated_delta_rule_l2norm", help="a built-in with the delta rule, e.g. kda_l2norm")
     p.add_argument("--shape", default="2,16384,16,128")
     p.add_argument("--ablations", default=",".join(ABLATIONS))
     p.add_argument("--out", default=None)
@@ -114,13 +128,17 @@ def main():
     args = p.parse_args()
     B, T, H, D = (1, 37, 2, 16) if args.smoke else (int(x) for x in args.shape.split(","))
     device, dtype = ("cpu", torch.float32) if args.smoke else ("cuda", torch.bfloat16)
-    q, k, v, raw = inputs(B, T, H, D, device, dtype)
     rows = []
     saved = ({d: dict(roles) for d, roles in chunked_delta.DOT_PRECISION.items()}, chunked_delta.KEY_PATH_PRECISION,
              dict(chunked.TILES))
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.ablations.split(","):
-            op = RecurrentOp(ablated_module(args.variant, name, Path(tmp)))
+            try:
+                op = RecurrentOp(ablated_module(args.variant, name, Path(tmp)))
+            except ValueError as e:  # a piece this variant's kernels do not have
+                print(json.dumps(dict(ablation=name, skipped=str(e))), flush=True)
+                continue
+            q, k, v, raw = inputs(op.module, B, T, H, D, device, dtype)
             dot = ABLATIONS[name].get("dot")
             chunked.TILES.update(ABLATIONS[name].get("tiles", {}))
             if dot:

@@ -97,14 +97,18 @@ def test_first_call_script_runs_its_processes(tmp_path):
         assert set(row[run]) == {"start_s", "import_s", "first_call_s"}, row[run]
 
 
-def test_delta_ablations_apply_and_run():
+@pytest.mark.parametrize("variant,skipped", [("gated_delta_rule_l2norm", {"no_block_pairs", "no_cross_block_pairs"}),
+                                             ("kda_l2norm", {"fp32_gate_sums"})])
+def test_delta_ablations_apply_and_run(variant, skipped):
     """benchmarks/ablate_delta.py's substitutions each apply to the generated module as often as
-    stated, and every ablated module runs (interpreter, tiny shape: the timing is the GPU's)."""
+    stated, or the variant's kernels lack that piece (skipped), and every ablated module runs
+    (interpreter, tiny shape: the timing is the GPU's)."""
     import os
     import subprocess
-    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ablate_delta.py"), "--smoke"], check=True,
-                         capture_output=True, text=True, cwd=ROOT,
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ablate_delta.py"), "--smoke", "--variant", variant],
+                         check=True, capture_output=True, text=True, cwd=ROOT,
                          env={**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}).stdout
     from ablate_delta import ABLATIONS
-    ran = [json.loads(line)["ablation"] for line in out.splitlines() if line.startswith("{")]
-    assert ran == list(ABLATIONS)
+    rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert [r["ablation"] for r in rows] == list(ABLATIONS)
+    assert {r["ablation"] for r in rows if "skipped" in r} == skipped
