@@ -99,9 +99,13 @@ def cmd_tune(args) -> int:
         device_name = torch.cuda.get_device_name()
     else:
         name, arch, device_name = "cpu", "cpu", "cpu (interpreter: nothing tuned)"
+    # a table made for user variants sets their launch options only (flagen.runtime.tuning)
+    variants = sorted(args.variants.split(",")) if args.variant_file else None
     if args.out:
         out = Path(args.out)
-    elif args.variant_file or build.generated_dir() != build.GENERATED_DIR:
+    elif variants:
+        out = cache.cache_dir() / "tuning" / f"{name}@{'+'.join(variants)}.json"
+    elif build.generated_dir() != build.GENERATED_DIR:
         out = cache.cache_dir() / "tuning" / f"{name}.json"
     else:
         out = build.GENERATED_DIR / "tuning" / f"{name}.json"
@@ -112,7 +116,7 @@ def cmd_tune(args) -> int:
     except ValueError as e:
         raise _UserError(str(e)) from e
     command = "flagen tune " + " ".join(_shlex.quote(a) for a in args.argv)
-    data = tune.table(result, device_name, arch, command)
+    data = tune.table(result, device_name, arch, command, variants)
     tune.write_table(data, out)
     for entry, w in sorted(result["winners"].items()):
         default = w["default_ms"]
@@ -142,8 +146,8 @@ def main(argv=None) -> int:
                                     "table (looked up at run time)")
     t.add_argument("--variants", default="simple_gla,gla,delta_rule_l2norm,gated_delta_rule_l2norm,kda_l2norm",
                    help="comma-separated variants whose chunked kernels are timed")
-    t.add_argument("--variant-file", help="a user variant file the variants come from (the table goes to the "
-                                          "user cache)")
+    t.add_argument("--variant-file", help="a user variant file the variants come from (the table, for those "
+                                          "variants only, goes to the user cache)")
     t.add_argument("--shapes", default="2,16384,16,128;4,2048,16,128", help="B,T,H,D;... (bf16)")
     t.add_argument("--kinds", default=",".join(tune.DECAY_KINDS + tune.DELTA_KINDS),
                    help="chunked.TILES kinds to sweep")

@@ -371,12 +371,16 @@ def pick_winners(rows: list[dict], base: dict) -> dict:
     return winners
 
 
-def table(result: dict, device_name: str, arch: str, command: str) -> dict:
-    """The tuning table (flagen.runtime.tuning) from a sweep: the winners' tiles and timings."""
+def table(result: dict, device_name: str, arch: str, command: str, variants: list[str] | None = None) -> dict:
+    """The tuning table (flagen.runtime.tuning) from a sweep: the winners' tiles and timings;
+    with ``variants``, a table for those variants only."""
     import torch
     import triton
-    return dict(device=device_name, arch=arch, versions=dict(torch=torch.__version__, triton=triton.__version__),
-                command=command, tiles={e: w["tiles"] for e, w in sorted(result["winners"].items())},
+    data = dict(device=device_name, arch=arch, versions=dict(torch=torch.__version__, triton=triton.__version__),
+                command=command)
+    if variants:
+        data["variants"] = list(variants)
+    return dict(data, tiles={e: w["tiles"] for e, w in sorted(result["winners"].items())},
                 timings={e: dict(ms=round(w["ms"], 4), default_ms=w["default_ms"] and round(w["default_ms"], 4))
                          for e, w in sorted(result["winners"].items())})
 

@@ -172,13 +172,45 @@ def test_flagen_tune_user_errors_are_one_line(fake_gpu, tmp_path, capsys, args, 
 
 def test_flagen_tune_a_user_variant_into_the_user_cache(fake_gpu, capsys):
     """A user variant (examples/variants/) is tuned the same way; with no --out its table goes
-    to the user cache's tuning/ (here named after the interpreter's "cpu")."""
+    to the user cache's tuning/ (here named after the interpreter's "cpu"), for that variant
+    only."""
     from pathlib import Path
     variants = Path(__file__).resolve().parent.parent / "examples" / "variants" / "novel_delta_rules.py"
     argv = ["tune", "--device", "cpu", "--variant-file", str(variants), "--variants", "gated_delta_rule_learned_floor",
             "--shapes", "1,20,1,16", "--kinds", "delta_dwy", "--candidates", "delta_dwy=32,32,4,1/64,64,4,1",
             "--reps", "1", "--workers", "0"]
     assert cli.main(argv) == 0
-    table = fake_gpu / "cpu.json"
+    table = fake_gpu / "cpu@gated_delta_rule_learned_floor.json"
     assert f"table: {table}" in capsys.readouterr().out
     assert tuple(tuning.read_table(table)["delta_dwy"]) in tune.CANDIDATES["delta_dwy"] + [chunked.DEFAULT_TILES["delta_dwy"]]
+    assert tuning.table_variants(table) == ["gated_delta_rule_learned_floor"]
+
+
+def test_a_user_variants_table_changes_no_other_variant(fake_gpu, monkeypatch):
+    """On top of the GPU's table, a table made for a user variant sets that variant's launch
+    options only: the built-ins keep the GPU table's (or the defaults); FLAGEN_CHUNK_TILES
+    still wins over it."""
+    _write(fake_gpu, "fake-gpu-9000.json", {"o": [32, 128, 8, 2]})
+    mine = {"o": [64, 64, 4, 1], "delta_dwy:scalar": [32, 32, 4, 1], "dqk": [32, 64, 4, 1]}
+    fake_gpu.joinpath("fake-gpu-9000@mine.json").write_text(json.dumps(dict(variants=["mine"], tiles=mine)))
+    fake_gpu.joinpath("sm99@mine.json").write_text(json.dumps(dict(variants=["mine"], tiles={"h": [16, 16, 4, 1]})))
+    monkeypatch.setitem(chunked.ENV_TILES, "dqk", (64, 32, 4, 1))
+    tuning.reset()
+    assert tuning.apply(torch.device("cuda", 0)).endswith("fake-gpu-9000.json")
+    assert chunked.entry_tiles("o", "scalar") == (32, 128, 8, 2)  # a built-in: the GPU's table
+    assert chunked.entry_tiles("o", "scalar", "gla") == (32, 128, 8, 2)
+    assert chunked.entry_tiles("o", "scalar", "mine") == (64, 64, 4, 1)
+    assert chunked.entry_tiles("delta_dwy", "scalar", "mine") == (32, 32, 4, 1)
+    assert chunked.entry_tiles("delta_dwy", "key", "mine") == chunked.DEFAULT_TILES["delta_dwy:key"]
+    assert chunked.entry_tiles("dqk", "scalar", "mine") == (64, 32, 4, 1)  # FLAGEN_CHUNK_TILES's
+    assert chunked.entry_tiles("h", "scalar", "mine") == chunked.DEFAULT_TILES["h"]  # the GPU's own table for it won
+    assert chunked.tiles("o", 128, 128, "scalar", 2, "mine")[:2] == (64, 64)
+    tuning.reset()
+    assert "mine/o" not in chunked.TILES
+
+
+def test_a_table_with_bad_variants_names_its_file(fake_gpu):
+    _write(fake_gpu, "fake-gpu-9000.json", {"o": [32, 128, 8, 2]})
+    fake_gpu.joinpath("fake-gpu-9000@x.json").write_text(json.dumps(dict(variants="x", tiles={"o": [64, 64, 4, 1]})))
+    with pytest.raises(ValueError, match="fake-gpu-9000@x.json.*variants"):
+        tuning.apply(torch.device("cuda", 0))

@@ -100,11 +100,26 @@ def _tile(n: int, cap: int) -> int:
     return max(16, min(cap, next_power_of_2(n)))
 
 
-def tiles(kind: str, K: int, V: int, decay: str, itemsize: int = 2) -> tuple[int, int, dict]:
-    """(BK, BV, launch options) of kernel ``kind`` on decay path ``decay`` for head dims K, V
-    and inputs of ``itemsize`` bytes. fp32 inputs take at most 2 pipeline stages: 3 stages of
-    fp32 q and k tiles of 128 tokens need 240 KB of shared memory, past Hopper's 227 KB."""
-    bk, bv, warps, *stages = TILES.get(f"{kind}:{decay}", TILES[kind])
+def entry_tiles(entry: str, decay: str, variant: str | None = None) -> tuple[int, ...]:
+    """TILES' launch options for ``entry`` on decay path ``decay``: a tuning table's own for
+    ``variant`` ("<variant>/<entry>[:<decay>]", from a table made for that variant: it changes
+    no other variant's), else the decay path's ("<entry>:<decay>"), else the entry's.
+    FLAGEN_CHUNK_TILES's entries win over a variant's table."""
+    keys = (f"{entry}:{decay}", entry)
+    if variant is not None:
+        for key in keys:
+            own = TILES.get(f"{variant}/{key}")
+            if own is not None and key not in ENV_TILES:
+                return own
+    return TILES.get(keys[0], TILES[entry])
+
+
+def tiles(kind: str, K: int, V: int, decay: str, itemsize: int = 2, variant: str | None = None) -> tuple[int, int, dict]:
+    """(BK, BV, launch options) of kernel ``kind`` of ``variant`` on decay path ``decay`` for
+    head dims K, V and inputs of ``itemsize`` bytes. fp32 inputs take at most 2 pipeline stages:
+    3 stages of fp32 q and k tiles of 128 tokens need 240 KB of shared memory, past Hopper's
+    227 KB."""
+    bk, bv, warps, *stages = entry_tiles(kind, decay, variant)
     if stages and itemsize > 2:
         stages = [min(stages[0], 2)]
     BK, BV = _tile(K, bk), _tile(V, bv)
@@ -245,7 +260,7 @@ def _states(op, meta, q, k, v, h0, z0, inputs, chunks, BT, DT, hdtype, store_ht)
     B, T, H, K = q.shape
     HV, V = v.shape[2], v.shape[3]
     N = meta["N"]
-    BK, BV, W = tiles("h", K, V, op.module.DECAY, k.element_size())
+    BK, BV, W = tiles("h", K, V, op.module.DECAY, k.element_size(), op.name)
     h = q.new_empty(chunks.NC, HV, K, V, dtype=hdtype)
     ht = q.new_empty(N, HV, K, V, dtype=torch.float32) if store_ht else None
     z = zt = None
@@ -279,7 +294,7 @@ class _Chunked(torch.autograd.Function):
         den = torch.empty(B, T, HV, dtype=torch.float32, device=q.device) if z is not None else None
         if chunks.NC:
             strong = _strong_flags(op, chunks, HV, q.device)
-            BK, BV, W = tiles("o", K, V, op.module.DECAY, q.element_size())
+            BK, BV, W = tiles("o", K, V, op.module.DECAY, q.element_size(), op.name)
             _launch_passes(kern, [(
                 "chunk_fwd_o", (*chunks.grid, cdiv(V, BV)),
                 (q, k, v, *inputs, h, o, meta["cu"], chunks.indices, meta["scale"], T),
@@ -321,7 +336,7 @@ class _Chunked(torch.autograd.Function):
             norm_dh = dict(w=w, dz=dz, dzt=dzt.contiguous() if dzt is not None else None, dz0=dz0,
                            USE_DZT=dzt is not None)
             norm_dqk = dict(w=w, z=z, dz=dz)
-        BK, BV, W = tiles("dh", K, V, op.module.DECAY, q.element_size())
+        BK, BV, W = tiles("dh", K, V, op.module.DECAY, q.element_size(), op.name)
         kern["chunk_bwd_dh"][(cdiv(K, BK) * cdiv(V, BV), N * HV)](
             q, do, *inputs, dh, dht.contiguous() if dht is not None else None, dh0, cu, chunks.offsets,
             meta["scale"], T, **norm_dh,
@@ -333,14 +348,14 @@ class _Chunked(torch.autograd.Function):
         # with grouped value heads, dq and dk are per state head first, then summed per group
         dq = torch.empty(NT, HV, K, dtype=q.dtype if G == 1 else torch.float32, device=q.device)
         dk = torch.empty_like(dq)
-        BKq, BVq, Wq = tiles("dqk", K, V, op.module.DECAY, q.element_size())
+        BKq, BVq, Wq = tiles("dqk", K, V, op.module.DECAY, q.element_size(), op.name)
         NK = cdiv(K, BKq)
         kinds = dict(op.module.INPUTS)
         layout = {"token": (NK, NT, HV), "token_key": (NT, HV, K), "head": (NK, NC, HV), "head_key": (NC, HV, K)}
         grads = {name: torch.empty(layout[kinds[name]], **f32) for name in op.module.GRADS}
         if NC:
             strong = _strong_flags(op, chunks, HV, q.device)  # chunk_bwd_dv flags, chunk_bwd_dqk reads
-            BKv, BVv, Wv = tiles("dv", K, V, op.module.DECAY, q.element_size())
+            BKv, BVv, Wv = tiles("dv", K, V, op.module.DECAY, q.element_size(), op.name)
             _launch_passes(kern, [(
                 "chunk_bwd_dv", (*chunks.grid, cdiv(V, BVv)),
                 (q, k, *inputs, do, dh, dv, cu, chunks.indices, meta["scale"], T),

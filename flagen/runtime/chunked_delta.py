@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from flagen.runtime import checks
-from flagen.runtime.chunked import TILES, Chunks, no_double_backward, per_query_head
+from flagen.runtime.chunked import Chunks, entry_tiles, no_double_backward, per_query_head
 from flagen.runtime.gradients import raw_gradients
 from flagen.runtime.intmath import cdiv, next_power_of_2
 
@@ -52,16 +52,18 @@ ROLE = {"wy": "exact", "fwd_h": "exact", "fwd_o": "output", "bwd_dh": "backward"
 KEY_PATH_PRECISION = "tf32x3"
 
 
-def launch_config(kind: str, K: int, V: int, BT: int, dtype: torch.dtype = torch.float32, decay: str = "none") -> dict:
+def launch_config(kind: str, K: int, V: int, BT: int, dtype: torch.dtype = torch.float32, decay: str = "none",
+                  variant: str | None = None) -> dict:
     """Tiles and launch options of kernel ``chunk_delta_<kind>`` for head dims K, V and chunk
     size BT, from chunked.TILES (overridable with FLAGEN_CHUNK_TILES, swept by
     `flagen tune`; tests/compile_offline.py checks every one fits the GPU's shared
     memory), and the products' precision for inputs of ``dtype`` (v's: q and k are fp32 once
-    L2-normalised); an entry "<kind>:<decay>" is that decay path's own. The kernels that
+    L2-normalised); an entry "<kind>:<decay>" is that decay path's own, "<variant>/..." the
+    variant's (chunked.entry_tiles). The kernels that
     walk a sequence hold a whole [K, BV] state (BK covers K, with at least 8 warps from
     K = 256, whatever the entry says) and pipeline one stage past K = 128 or in fp32."""
     entry = TILE_ENTRY[kind]
-    bk, bv, warps, *stages = TILES.get(f"{entry}:{decay}", TILES[entry])  # (an override may leave stages out)
+    bk, bv, warps, *stages = entry_tiles(entry, decay, variant)  # (an override may leave stages out)
     stages = stages[0] if stages else 3
     if kind in STATE_KERNELS:
         BK = _tile(K, max(bk, checks.MAX_HEAD_DIM))
@@ -89,7 +91,7 @@ def _wy(op, q, k, v, inputs, chunks, meta):
         op.module.KERNELS["chunk_delta_wy"][chunks.grid](
             q, k, v, *inputs, Tm, P, *low.values(), w, u, meta["cu"], chunks.indices, T,
             H=H, HV=HV, K=K, V=V, BT=chunks.BT, IS_VARLEN=meta["cu"] is not None,
-            **launch_config("wy", K, V, chunks.BT, v.dtype, op.module.DECAY),
+            **launch_config("wy", K, V, chunks.BT, v.dtype, op.module.DECAY, op.name),
         )
     return Tm, P, w, u, low
 
@@ -102,7 +104,7 @@ def _states(op, q, k, v, inputs, w, u, h0, chunks, meta, store_ht):
     h = torch.empty(chunks.NC, HV, K, V, **f32)
     v_new = torch.empty(B * T, HV, V, **f32)
     ht = torch.empty(meta["N"], HV, K, V, **f32) if store_ht else None
-    config = launch_config("fwd_h", K, V, chunks.BT, v.dtype, op.module.DECAY)
+    config = launch_config("fwd_h", K, V, chunks.BT, v.dtype, op.module.DECAY, op.name)
     op.module.KERNELS["chunk_delta_fwd_h"][(cdiv(V, config["BV"]), meta["N"] * HV)](
         q, k, v, *inputs, w, u, h, v_new, h0, ht, meta["cu"], chunks.offsets, T,
         H=H, HV=HV, K=K, V=V, BT=chunks.BT, IS_VARLEN=meta["cu"] is not None,
@@ -129,7 +131,7 @@ class _ChunkedDelta(torch.autograd.Function):
         h, v_new, ht = _states(op, q, k, v, inputs, w, u, h0, chunks, meta, meta["output_final_state"])
         o = torch.empty_like(v)
         if chunks.NC:
-            config = launch_config("fwd_o", K, V, BT, v.dtype, op.module.DECAY)
+            config = launch_config("fwd_o", K, V, BT, v.dtype, op.module.DECAY, op.name)
             op.module.KERNELS["chunk_delta_fwd_o"][(*chunks.grid, cdiv(V, config["BV"]))](
                 q, k, v, *inputs, h, P, *([low["Pk"]] if low else []), v_new, o, meta["cu"], chunks.indices,
                 meta["scale"], T,
@@ -161,7 +163,7 @@ class _ChunkedDelta(torch.autograd.Function):
         dh = torch.empty_like(h)
         dv_new = torch.empty_like(v_new)
         dh0 = torch.empty(N, HV, K, V, **f32) if h0 is not None else None
-        config = launch_config("bwd_dh", K, V, BT, v.dtype, op.module.DECAY)
+        config = launch_config("bwd_dh", K, V, BT, v.dtype, op.module.DECAY, op.name)
         kern["chunk_delta_bwd_dh"][(cdiv(V, config["BV"]), N * HV)](
             q, k, v, *inputs, w, P, do, dh, dv_new, *([dvk] if low else []),
             dht.contiguous() if dht is not None else None, dh0,
@@ -178,7 +180,7 @@ class _ChunkedDelta(torch.autograd.Function):
         dk = torch.empty_like(dq)
         dv = torch.empty_like(v)
         if NC:
-            config = launch_config("bwd_dw", K, V, BT, v.dtype, op.module.DECAY)
+            config = launch_config("bwd_dw", K, V, BT, v.dtype, op.module.DECAY, op.name)
             dqs, dw, dbc = (torch.empty(NT, HV, K, **f32) for _ in range(3))
             sdh = torch.empty(NC, HV, K, **f32)
             dkc = torch.empty_like(dqs) if low else None
@@ -191,7 +193,7 @@ class _ChunkedDelta(torch.autograd.Function):
                 q, k, v, *inputs, Tm, P, *low.values(), *([dvk, dkc] if low else []), v_new, dv_new, do, dqs, dw,
                 dbc, sdh, dq, dk, dv, *grads.values(),
                 cu, chunks.indices, meta["scale"], T,
-                H=H, HV=HV, K=K, V=V, BT=BT, IS_VARLEN=varlen, **launch_config("bwd_wy", K, V, BT, v.dtype, op.module.DECAY),
+                H=H, HV=HV, K=K, V=V, BT=BT, IS_VARLEN=varlen, **launch_config("bwd_wy", K, V, BT, v.dtype, op.module.DECAY, op.name),
             )
         else:  # no tokens at all
             dv.zero_(), dq.zero_(), dk.zero_()

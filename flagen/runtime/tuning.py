@@ -5,9 +5,12 @@ A table is JSON, ``{"device": ..., "arch": ..., "versions": ..., "command": ...,
 {entry: [BK, BV, num_warps, num_stages]}, "timings": ...}``, named after the GPU
 (``device_key``: ``nvidia-h200.json``) or its architecture (``sm90.json``, any GPU of it). The
 built-ins' tables live beside their kernels (``generated/tuning/``, committed); a user's (made
-with ``flagen tune --out``, or for a user variant) under the cache directory's ``tuning/``, and
-take precedence. ``FLAGEN_CHUNK_TILES`` overrides both. A GPU with no table runs the defaults
-in chunked.TILES and says once how to make one.
+with ``flagen tune --out``) under the cache directory's ``tuning/``, and take precedence. A
+table made for user variants (``flagen tune --variant-file``) lists them (``"variants":
+[names]``), is named ``<key>@<names>.json`` in the user's ``tuning/``, and sets only their
+launch options ("<variant>/<entry>" TILES entries, chunked.entry_tiles), on top of the GPU's
+table: tuning a variant of your own changes nothing else. ``FLAGEN_CHUNK_TILES`` overrides
+them all. A GPU with no table runs the defaults in chunked.TILES and says once how to make one.
 """
 
 from __future__ import annotations
@@ -49,11 +52,36 @@ def find_table(keys: tuple[str, ...]) -> Path | None:
     return None
 
 
+def variant_tables(keys: tuple[str, ...]) -> list[Path]:
+    """The user's tables made for variants of their own (``<key>@<names>.json``); of two for
+    the same names, the GPU's own beats its architecture's."""
+    folder, found, names = table_dirs()[0], [], set()
+    for key in keys:
+        for path in sorted(folder.glob(f"{key}@*.json")):
+            if path.name.split("@", 1)[1] not in names:
+                names.add(path.name.split("@", 1)[1])
+                found.append(path)
+    return found
+
+
 def read_table(path: Path) -> dict[str, tuple[int, ...]]:
     """A table's TILES entries; a malformed table is an error naming the file."""
+    return _read(path)[0]
+
+
+def table_variants(path: Path) -> list[str] | None:
+    """The variants a table was made for (None: every variant)."""
+    return _read(path)[1]
+
+
+def _read(path: Path) -> tuple[dict[str, tuple[int, ...]], list[str] | None]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         tiles = {str(k): tuple(int(x) for x in v) for k, v in data["tiles"].items()}
+        variants = data.get("variants")
+        if variants is not None and (not isinstance(variants, list) or not all(isinstance(v, str) and v
+                                                                                   for v in variants)):
+            raise TypeError(f'"variants" must be a list of variant names, got {variants!r}')
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise ValueError(f"flagen tuning table {path} is unreadable ({type(e).__name__}: {e}); "
                          "fix or delete it, or run `flagen tune` again") from e
@@ -61,14 +89,15 @@ def read_table(path: Path) -> dict[str, tuple[int, ...]]:
         if entry.split(":")[0] not in chunked.DEFAULT_TILES or len(value) not in (3, 4):
             raise ValueError(f"flagen tuning table {path}: entry {entry!r} = {list(value)} is not a TILES "
                              "entry of 3 or 4 integers")
-    return tiles
+    return tiles, variants
 
 
 def apply(device: torch.device) -> str | None:
-    """Apply the table of ``device`` (a CUDA device) to chunked.TILES, once per process: TILES
-    are process-wide, so in a process that drives GPUs of two models the first one's table
-    holds. Entries set by FLAGEN_CHUNK_TILES stay. Returns the table's path, or None (the
-    defaults, with a one-line hint)."""
+    """Apply the table of ``device`` (a CUDA device) to chunked.TILES, and the user's tables made
+    for variants of their own on top, once per process: TILES are process-wide, so in a
+    process that drives GPUs of two models the first one's tables hold. Entries set by
+    FLAGEN_CHUNK_TILES stay. Returns the GPU's table's path, or None (the defaults, with a
+    one-line hint)."""
     global _applied
     if _applied is not _UNSET:
         return _applied
@@ -81,11 +110,24 @@ def apply(device: torch.device) -> str | None:
             warnings.warn(f"flagen: no tuning table for {torch.cuda.get_device_name(device)} ({keys[1]}): the "
                           "chunked kernels run default launch options; `flagen tune` makes one", stacklevel=3)
         else:
-            for entry, value in read_table(path).items():
-                if entry not in chunked.ENV_TILES:
-                    chunked.TILES[entry] = value
+            _set(path)
+        for scoped in variant_tables(keys):
+            _set(scoped)
         _applied = str(path) if path else None
         return _applied
+
+
+def _set(path: Path) -> None:
+    """A table's entries into chunked.TILES: as they are, or for each variant it lists
+    ("<variant>/<entry>"); FLAGEN_CHUNK_TILES's stay."""
+    tiles, variants = _read(path)
+    for entry, value in tiles.items():
+        if variants is None:
+            if entry not in chunked.ENV_TILES:
+                chunked.TILES[entry] = value
+        else:
+            for variant in variants:
+                chunked.TILES[f"{variant}/{entry}"] = value
 
 
 def ensure(device: torch.device) -> None:
