@@ -93,34 +93,46 @@ CHECK_SHAPES = {"cuda": ((2, 130, 2, 128, 128, "bfloat16"), (2, 130, 2, 48, 100,
 CHECK_TOLERANCE = 1e-2
 
 
+def raw_inputs(spec, B: int, T: int, H: int, K: int, device, generator=None) -> dict:
+    """A variant's inputs besides q, k, v, as a model would feed them (fp32): beta in (0, 1) or
+    its raw input ~ N(0, 1); log decays in [-1, 0) or the gate's raw input ~ N(0, 1), A_log
+    from log(1..16), dt_bias ~ N(0, 0.25); constants -5; the low-rank form's a = -kk,
+    b = kk * (0..1) with kk a unit vector. Shared by `flagen tune` and the GPU tests."""
+    import torch
+    import torch.nn.functional as F
+    shapes = {"token": (B, T, H), "token_key": (B, T, H, K), "head": (H,), "head_key": (H, K)}
+    out = {}
+    for x in spec.inputs:
+        if x.shape.value == "const":
+            out[x.name] = -5.0
+            continue
+        u = torch.rand(shapes[x.shape.value], generator=generator, device=device)
+        n = torch.randn(shapes[x.shape.value], generator=generator, device=device)
+        raw = str(spec.beta if x.name == "beta" else spec.gate) != x.name
+        if x.name == "A_log":
+            out[x.name] = torch.log(1 + 15 * u)
+        elif x.name == "dt_bias":
+            out[x.name] = 0.5 * n
+        elif raw:
+            out[x.name] = n
+        else:
+            out[x.name] = u if x.name == "beta" else -(0.001 + u)
+    if spec.low_rank:
+        kk = F.normalize(torch.randn(B, T, H, K, generator=generator, device=device), dim=-1)
+        out["a"], out["b"] = -kk, kk * torch.rand(B, T, H, 1, generator=generator, device=device)
+    return out
+
+
 def inputs_for(spec, B: int, T: int, H: int, D: int, device, dtype, V: int | None = None):
-    """q, k [B, T, H, D], v [B, T, H, V or D] in ``dtype`` and the variant's other inputs (fp32):
-    log decays in [-1, 0) (or its raw input ~ N(0, 1)), beta in (0, 1) (or raw), keys of unit
-    norm where the delta rule would blow up on raw ones; the low-rank form's a = -kk,
-    b = kk * (0..1)."""
+    """q, k [B, T, H, D], v [B, T, H, V or D] in ``dtype`` (keys of unit norm where the delta
+    rule would blow up on raw ones) and the variant's other inputs (raw_inputs), as leaves."""
     import torch
     import torch.nn.functional as F
     q, k = (torch.randn(B, T, H, D, device=device) for _ in range(2))
     v = torch.randn(B, T, H, V or D, device=device)
     if spec.delta and not spec.qk_l2norm:
         k = F.normalize(k, dim=-1)
-    shapes = {"token": (B, T, H), "token_key": (B, T, H, D), "head": (H,), "head_key": (H, D)}
-    inputs = {}
-    for x in spec.inputs:
-        if x.shape.value == "const":
-            inputs[x.name] = -5.0
-            continue
-        u = torch.rand(shapes[x.shape.value], device=device)
-        raw = str(spec.beta if x.name == "beta" else spec.gate) != x.name
-        if x.name == "A_log":
-            inputs[x.name] = torch.log(1 + 15 * u)
-        elif raw:
-            inputs[x.name] = torch.randn_like(u)
-        else:
-            inputs[x.name] = u if x.name == "beta" else -(0.001 + u)
-    if spec.low_rank:
-        kk = F.normalize(torch.randn(B, T, H, D, device=device), dim=-1)
-        inputs["a"], inputs["b"] = -kk, kk * torch.rand(B, T, H, 1, device=device)
+    inputs = raw_inputs(spec, B, T, H, D, device)
     leaves = [t.to(dtype).requires_grad_(True) for t in (q, k, v)]
     leaves += [t.requires_grad_(True) for t in inputs.values() if torch.is_tensor(t) and t.is_floating_point()]
     return leaves[:3], inputs

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from flagen import reference
 from flagen.ir.library import BUILTINS
 from flagen.runtime.op import get_op
+from flagen.tune import raw_inputs
 from recurrent_cases import DEVICE, STATE_TOL, TOL
 from test_recurrent_ops import close
 
@@ -169,33 +170,6 @@ DELTA_VARIANTS = ["delta_rule_l2norm", "gated_delta_rule_l2norm_gate_beta_sigmoi
                   "kda_gate_lower_bound_beta_2sigmoid", "dplr"]
 
 
-def _delta_inputs(spec, B, T, HV, K, gen):
-    """Raw inputs of a delta-rule or DPLR variant: beta in (0, 1) (or its raw input), log decays
-    in [-1, 0) (or the in-kernel gate's raw input, A_log from log(1..16)), dt_bias ~ N(0, 0.25);
-    RWKV7's low rank a = -kk, b = kk * (0..1) with kk a unit vector."""
-    shapes = {"token": (B, T, HV), "token_key": (B, T, HV, K), "head": (HV,), "head_key": (HV, K)}
-    out = {}
-    for i in spec.inputs:
-        if i.shape.value == "const":
-            out[i.name] = -5.0
-            continue
-        u = torch.rand(shapes[i.shape.value], generator=gen, device="cuda")
-        n = torch.randn(shapes[i.shape.value], generator=gen, device="cuda")
-        raw = str(spec.beta if i.name == "beta" else spec.gate) != i.name
-        if i.name == "A_log":
-            out[i.name] = torch.log(1 + 15 * u)
-        elif i.name == "dt_bias":
-            out[i.name] = 0.5 * n
-        elif raw:
-            out[i.name] = n
-        else:
-            out[i.name] = u if i.name == "beta" else -(0.001 + u)
-    if spec.low_rank:
-        kk = F.normalize(torch.randn(B, T, HV, K, generator=gen, device="cuda"), dim=-1)
-        out["a"], out["b"] = -kk, kk * torch.rand(B, T, HV, 1, generator=gen, device="cuda")
-    return out
-
-
 def _check_delta(variant, dtype, K, V, lens, chunk_size=64):
     """The compiled chunked delta-rule kernels against float64: output, final state and every
     gradient, grouped value heads (HV = 2, H = 1), packed sequences of ``lens`` tokens, initial
@@ -210,7 +184,7 @@ def _check_delta(variant, dtype, K, V, lens, chunk_size=64):
         k = F.normalize(k, dim=-1)
     q, k = q.to(dtype), k.to(dtype)
     v = torch.randn(B, T, HV, V, generator=gen, device="cuda").to(dtype)
-    inputs = _delta_inputs(spec, B, T, HV, K, gen)
+    inputs = raw_inputs(spec, B, T, HV, K, "cuda", gen)
     h0 = torch.randn(len(lens), HV, K, V, generator=gen, device="cuda")
     tensors = {n: x for n, x in inputs.items() if torch.is_tensor(x)}
     names, leaves = ["q", "k", "v", "h0", *tensors], [q, k, v, h0, *tensors.values()]
@@ -287,6 +261,6 @@ def test_delta_rule_long_sequence(variant):
     gen = torch.Generator(device="cuda").manual_seed(0)
     B, T, H, K, V = 1, 16384, 1, 64, 64
     q, k, v = (torch.randn(B, T, H, D, generator=gen, device="cuda").bfloat16() for D in (K, K, V))
-    inputs = _delta_inputs(spec, B, T, H, K, gen)
+    inputs = raw_inputs(spec, B, T, H, K, "cuda", gen)
     h0 = torch.randn(B, H, K, V, generator=gen, device="cuda")
     _check(variant, q, k, v, h0, inputs, gen)
