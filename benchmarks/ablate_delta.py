@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from flagen.codegen.build import generated_dir, import_path
-from flagen.runtime import chunked, chunked_delta
+from flagen.runtime import chunked, chunked_delta, tuning
 from flagen.runtime.op import RecurrentOp
 
 # name: dict(kernel=the kernel whose source changes (None: the whole module), subs=[(old, new,
@@ -129,6 +129,8 @@ def main():
     B, T, H, D = (1, 37, 2, 16) if args.smoke else (int(x) for x in args.shape.split(","))
     device, dtype = ("cpu", torch.float32) if args.smoke else ("cuda", torch.bfloat16)
     rows = []
+    if not args.smoke:  # the GPU's table first, so that every ablation runs on it, the baseline too
+        tuning.ensure(torch.device("cuda"))
     saved = ({d: dict(roles) for d, roles in chunked_delta.DOT_PRECISION.items()}, chunked_delta.KEY_PATH_PRECISION,
              dict(chunked.TILES))
     with tempfile.TemporaryDirectory() as tmp:

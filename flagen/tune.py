@@ -248,7 +248,7 @@ def _warm(job):
 
     from flagen.runtime import chunked, tuning
     try:
-        tuning.reset()
+        tuning.hold()
         base = dict(chunked.TILES)
         step, decay = make_step(variant, B, 1024, H, D, variant_file=variant_file)
         tiles = round_tiles(kinds, r, decay, base, path)
@@ -301,7 +301,7 @@ def sweep(variants: list[str], shapes: list[tuple[int, int, int, int]], kinds: l
 
     from flagen.runtime import chunked, tuning
     parse_candidates(list(candidates))
-    tuning.reset()
+    tuning.hold()
     base = dict(chunked.TILES)
     n_rounds = max(len(CANDIDATES[k]) for k in kinds)
     faults, wrong = {}, {}  # {(variant, round): error}, {(variant, round): {entry: why}}

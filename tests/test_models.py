@@ -270,11 +270,12 @@ def test_logits_match_fla(model_type):
     """FLA 0.6.0's weights (tests/records/record_fla_logits.py, recorded in bf16 on the GPU in
     FLA's own process) load into ours with no missing or unexpected key and give FLA's logits,
     chunked (T = 80) and token by token (T = 20): ours in bf16 within 2% of the largest logit
-    (+ 0.05) of FLA's, at every token where bf16 itself can tell: where our own bf16 logits
-    move by more than half that bound from our fp32 ones (with the same weights), two bf16
-    computations need not agree (HGRN2's tiny random model has tokens whose output, 1e-3,
-    sits under the RMSNorm's sqrt(eps): bf16 rounding is amplified ~300x there, in FLA's
-    logits as in ours). At most 10% of the tokens may be such."""
+    (+ 0.05) of FLA's, at every token that bf16 can resolve. A token is not resolved where
+    perturbing every weight by bf16's rounding (relative 2^-9) moves our fp32 logits by more
+    than half that bound: there two bf16 computations need not agree (HGRN2's tiny random
+    model has such tokens: their output, ~1e-3, sits under the RMSNorm's sqrt(eps), which
+    amplifies rounding ~300x, in FLA's logits as in ours). At most 5% of the tokens may be such;
+    in the other families every token is resolved."""
     if not LOGITS.exists():
         pytest.skip("tests/records/fla060_logits.pt is not recorded yet (tests/records/record_fla_logits.py)")
     record = torch.load(LOGITS)
@@ -285,16 +286,21 @@ def test_logits_match_fla(model_type):
         pytest.skip(f"FLA 0.6.0 could not run it: {entry['error']}")
     config_cls, _, causal_cls = FAMILIES[model_type]
     logits = {}
-    for dtype in (torch.bfloat16, torch.float32):
-        model = causal_cls(config_cls(**entry["config"])).to(DEVICE, dtype).eval()
-        model.load_state_dict(entry["state_dict"])  # strict
+    for run in ("bf16", "fp32", "perturbed"):
+        model = causal_cls(config_cls(**entry["config"])).to(DEVICE, torch.bfloat16 if run == "bf16" else torch.float32)
+        model.eval().load_state_dict(entry["state_dict"])  # strict
+        if run == "perturbed":
+            gen = torch.Generator().manual_seed(2)
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.mul_(1 + 2 ** -9 * (2 * torch.rand(p.shape, generator=gen) - 1).to(p.device))
         for T in (80, 20):
             with torch.no_grad():
-                logits[dtype, T] = model(entry[f"ids_{T}"].to(DEVICE)).logits.float().cpu()
+                logits[run, T] = model(entry[f"ids_{T}"].to(DEVICE)).logits.float().cpu()
     for T in (80, 20):
-        ours, ref = logits[torch.bfloat16, T], entry[f"logits_{T}"]
+        ours, ref = logits["bf16", T], entry[f"logits_{T}"]
         bound = 2e-2 * (ref.abs().max().item() + 0.05)
-        resolved = (ours - logits[torch.float32, T]).abs().amax(-1) <= bound / 2  # [B, T] tokens
-        assert resolved.float().mean() >= 0.9, f"T = {T}: bf16 resolves only {resolved.sum()} of {resolved.numel()} tokens"
+        resolved = (logits["perturbed", T] - logits["fp32", T]).abs().amax(-1) <= bound / 2  # [B, T] tokens
+        assert resolved.float().mean() >= 0.95, f"T = {T}: bf16 resolves only {resolved.sum()} of {resolved.numel()} tokens"
         err = (ours - ref).abs().amax(-1)[resolved].max().item()
         assert err <= bound, f"T = {T}: max error {err:.3e} > {bound:.3e}"

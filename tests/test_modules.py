@@ -362,7 +362,8 @@ LOW_TOL = {torch.bfloat16: 2e-2, torch.float16: 2e-3, torch.float32: 1e-4}
 @pytest.mark.parametrize("case", ["rms_prenorm", "layer", "gated", "conv", "conv_packed"])
 def test_triton_kernels_in_each_dtype(case, dtype, monkeypatch):
     """row_norm.py's and causal_conv.py's kernels (forced, the interpreter on the CPU) on bf16,
-    fp16 and fp32 inputs: outputs and every gradient against float64 on the same values."""
+    fp16 and fp32 inputs: outputs (the conv's final state, the prenorm's residual) and every
+    gradient against float64 on the same values."""
     import fla.modules.causal_conv
     from fla.modules.row_norm import row_norm
     monkeypatch.setattr(fla.modules.causal_conv, "usable", lambda x, h0: True)
@@ -377,17 +378,22 @@ def test_triton_kernels_in_each_dtype(case, dtype, monkeypatch):
         h0 = rand(len(lens) if packed else 2, D, W).to(DEVICE)
         inputs = [x, rand(D, W), rand(D)]
 
-        def fn(x, w, b):
-            return causal_conv1d(x, w, b, None, h0 if x.dtype != torch.float64 else h0.double(), True, "silu", cu)
+        names = ("dx", "dw", "db")
 
-        def ref(x, w, b):
-            with monkeypatch.context() as m:
-                m.setattr(fla.modules.causal_conv, "usable", lambda x, h0: False)
-                return fn(x, w, b)
+        def fn(x, w, b):
+            return causal_conv1d(x, w, b, None, h0, True, "silu", cu)
+
+        def ref(x, w, b):  # float64, sequence by sequence (conv1d behind each one's cached inputs)
+            flat, h = x.reshape(-1, D), h0.double()
+            starts = cu.tolist() if packed else [0, 37, 74]
+            seqs = [flat[a:e] for a, e in zip(starts, starts[1:])]
+            y = torch.cat([ref_conv(seq, w, b, True, h[n]) for n, seq in enumerate(seqs)], 0).reshape(x.shape)
+            return y, torch.stack([torch.cat([h[n], seq.t()], 1)[:, -W:] for n, seq in enumerate(seqs)])
     else:
         inputs = [rand(3, 5, D), rand(3, 5, D), (1 + torch.randn(D, generator=gen) / 4), torch.randn(D, generator=gen)]
         kw = dict(rms_prenorm=dict(is_rms_norm=True, prenorm=True, residual_in_fp32=True),
                   layer=dict(is_rms_norm=False), gated=dict(is_rms_norm=True, gate="swish"))[case]
+        names = ("dx", "dz" if case == "gated" else "dres", "dw", "db")
 
         def fn(x, r, w, b):
             if case == "gated":
@@ -411,7 +417,7 @@ def test_triton_kernels_in_each_dtype(case, dtype, monkeypatch):
     weights = [torch.randn(o.shape, generator=gen_w, dtype=torch.float64).to(o.device) for o in routs]
     grads = torch.autograd.grad(sum((o.double() * w).sum() for o, w in zip(outs, weights)), inputs, allow_unused=True)
     rgrads = torch.autograd.grad(sum((o * w).sum() for o, w in zip(routs, weights)), ref_in, allow_unused=True)
-    for name, a, b in [*zip(("y", "residual out"), outs, routs), *zip(("dx", "d2", "dw", "db"), grads, rgrads)]:
+    for name, a, b in [*zip(("y", "second output"), outs, routs), *zip(names, grads, rgrads)]:
         assert (a is None) == (b is None), f"{case}: {name} is None on one side only"
         if b is not None:
             close(f"{case} {dtype} {name}", a, b, LOW_TOL[dtype])

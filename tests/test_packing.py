@@ -109,3 +109,27 @@ def test_a_padding_mask_is_packed_once_per_forward(monkeypatch):
         assert calls == [9]
         b = model(ids, attention_mask=mask.clone()).logits  # another tensor: packed again
     assert calls == [9, 9] and torch.equal(a, b)
+
+
+def test_conv_token_bounds_once_per_cu_seqlens(monkeypatch):
+    """The convolution's Triton path derives a packed batch's token bounds once per cu_seqlens
+    tensor, int32 as FLA passes it included (not once per converted copy), and equal lengths
+    need none; an empty sequence length T = 0 runs too."""
+    import fla.modules.causal_conv as causal_conv
+    from fla.modules.convolution import causal_conv1d
+    monkeypatch.setattr(causal_conv, "usable", lambda x, h0: x.numel() > 0)
+    built = []
+    token_bounds = causal_conv.token_bounds
+    monkeypatch.setattr(causal_conv, "token_bounds", lambda *a, **k: built.append(a) or token_bounds(*a, **k))
+    gen = torch.Generator().manual_seed(0)
+    x, w = torch.randn(1, 12, 6, generator=gen).to(DEVICE), torch.randn(6, 4, generator=gen).to(DEVICE)
+    cu = torch.tensor([0, 5, 12], dtype=torch.int32, device=DEVICE)
+    first = causal_conv1d(x, w, cu_seqlens=cu)[0]
+    bounds = token_bounds(cu, 12, x.device)
+    assert causal_conv1d(x, w, cu_seqlens=cu)[0].equal(first)
+    assert all(a is b for a, b in zip(token_bounds(cu, 12, x.device), bounds))  # kept, not rebuilt
+    built.clear()
+    causal_conv1d(x.reshape(2, 6, 6), w)  # equal lengths: bounds in the kernel
+    assert built == []
+    y, final = causal_conv1d(x[:, :0].expand(2, 0, 6), w, output_final_state=True)
+    assert y.shape == (2, 0, 6) and final.shape == (2, 6, 4) and not final.any()

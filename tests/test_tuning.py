@@ -24,6 +24,7 @@ def fake_gpu(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Fake GPU 9000")
     tuning.reset()
     yield tmp_path / "cache" / "tuning"
+    monkeypatch.undo()  # (the test's FLAGEN_CHUNK_TILES entries first: reset restores from them)
     tuning.reset()
 
 
@@ -203,8 +204,12 @@ def test_a_user_variants_table_changes_no_other_variant(fake_gpu, monkeypatch):
     assert chunked.entry_tiles("delta_dwy", "scalar", "mine") == (32, 32, 4, 1)
     assert chunked.entry_tiles("delta_dwy", "key", "mine") == chunked.DEFAULT_TILES["delta_dwy:key"]
     assert chunked.entry_tiles("dqk", "scalar", "mine") == (64, 32, 4, 1)  # FLAGEN_CHUNK_TILES's
+    monkeypatch.setitem(chunked.ENV_TILES, "o:scalar", (32, 32, 4, 1))  # the environment's, for the decay path
+    monkeypatch.setitem(chunked.TILES, "o:scalar", (32, 32, 4, 1))
+    assert chunked.entry_tiles("o", "scalar", "mine") == (32, 32, 4, 1)
+    assert chunked.entry_tiles("o", "key", "mine") == (64, 64, 4, 1)
     assert chunked.entry_tiles("h", "scalar", "mine") == chunked.DEFAULT_TILES["h"]  # the GPU's own table for it won
-    assert chunked.tiles("o", 128, 128, "scalar", 2, "mine")[:2] == (64, 64)
+    assert chunked.tiles("o", 128, 128, "key", 2, "mine")[:2] == (64, 64)
     tuning.reset()
     assert "mine/o" not in chunked.TILES
 
@@ -214,3 +219,15 @@ def test_a_table_with_bad_variants_names_its_file(fake_gpu):
     fake_gpu.joinpath("fake-gpu-9000@x.json").write_text(json.dumps(dict(variants="x", tiles={"o": [64, 64, 4, 1]})))
     with pytest.raises(ValueError, match="fake-gpu-9000@x.json.*variants"):
         tuning.apply(torch.device("cuda", 0))
+
+
+def test_flagen_tune_applies_no_table_while_it_times(fake_gpu):
+    """A sweep sets TILES itself: a table applied on its first step (say the user variant's own
+    from an earlier run) would override every candidate it times (tuning.hold)."""
+    fake_gpu.mkdir(parents=True, exist_ok=True)
+    fake_gpu.joinpath("fake-gpu-9000@mine.json").write_text(json.dumps(dict(variants=["mine"],
+                                                                            tiles={"o": [64, 64, 4, 1]})))
+    _write(fake_gpu, "fake-gpu-9000.json", {"o": [32, 128, 8, 2]})
+    tuning.hold()
+    tuning.ensure(torch.device("cuda", 0))
+    assert "mine/o" not in chunked.TILES and chunked.TILES["o"] == chunked.DEFAULT_TILES["o"]

@@ -131,14 +131,17 @@ def causal_conv_bwd_dx_kernel(dpre, w, bos, seq, eos, dx, L, T, D, W: tl.constex
     tl.store(dx + o_t[:, None] * D + o_d[None, :], b_dx.to(dx.dtype.element_ty), mask=m_t[:, None] & m_d[None, :])
 
 
-def token_bounds(cu_seqlens, L):
-    """(bos, seq, eos) [L] int32: each token's sequence start, index and end (one past), derived
-    once per ``cu_seqlens`` tensor (a model's layers share it)."""
+def token_bounds(cu_seqlens, L, device, keep=True):
+    """(bos, seq, eos) [L] int32 on ``device``: each token's sequence start, index and end (one
+    past), from ``cu_seqlens`` [N + 1] (any integer dtype and device), derived once per
+    tensor (a model's layers share it) unless ``keep`` is False (a tensor made for this call)."""
     def build():
-        lens = cu_seqlens.diff()
-        seq = torch.repeat_interleave(torch.arange(lens.numel(), device=cu_seqlens.device), lens, output_size=L)
-        return cu_seqlens[:-1][seq].to(torch.int32), seq.to(torch.int32), cu_seqlens[1:][seq].to(torch.int32)
-    return packing.per_tensor(cu_seqlens, ("conv_token_bounds", L), build, device_tensors=True)
+        cu = cu_seqlens.to(device, torch.int64)
+        lens = cu.diff()
+        seq = torch.repeat_interleave(torch.arange(lens.numel(), device=device), lens, output_size=L)
+        return cu[:-1][seq].to(torch.int32), seq.to(torch.int32), cu[1:][seq].to(torch.int32)
+    return packing.per_tensor(cu_seqlens, ("conv_token_bounds", L, str(device)), build, device_tensors=True) \
+        if keep else build()
 
 
 def _grid(L, T, D, varlen):
@@ -148,19 +151,20 @@ def _grid(L, T, D, varlen):
 
 class CausalConv(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, initial_state, cu_seqlens, T, activation):
-        """x [L, D] packed: sequences of ``cu_seqlens`` [N + 1], or of T tokens each (cu_seqlens
-        None); weight [D, W], bias [D] or None, initial_state [N, D, W] or None."""
+    def forward(ctx, x, weight, bias, initial_state, bounds, T, activation):
+        """x [L, D] packed: sequences with token bounds ``bounds`` (token_bounds), or of T tokens
+        each (bounds None); weight [D, W], bias [D] or None, initial_state [N, D, W] or None."""
         L, D = x.shape
         W = weight.shape[-1]
         x, weight = x.contiguous(), weight.contiguous()
         h0 = initial_state.contiguous() if initial_state is not None else None
-        bounds = token_bounds(cu_seqlens, L) if cu_seqlens is not None else (None, None, None)
+        varlen = bounds is not None
+        bounds = bounds if varlen else (None, None, None)
         y = torch.empty_like(x)
-        grid = _grid(L, T, D, cu_seqlens is not None)
+        grid = _grid(L, T, D, varlen)
         causal_conv_fwd_kernel[grid](x, h0, weight, bias, *bounds, y, L, T, D, W=W, HAS_H0=h0 is not None,
                                      HAS_B=bias is not None, ACT=activation is not None,
-                                     IS_VARLEN=cu_seqlens is not None, BT=BT, BD=BD, num_warps=WARPS)
+                                     IS_VARLEN=varlen, BT=BT, BD=BD, num_warps=WARPS)
         ctx.save_for_backward(x, weight, bias, h0, *(b for b in bounds if b is not None))
         ctx.T, ctx.activation = T, activation
         return y

@@ -27,7 +27,7 @@ def _sequences(x, cu_seqlens):
 
 def _offsets(cu, B, T, device):
     """cu_seqlens [N + 1] int64, made for B sequences of T tokens where none was given."""
-    return cu if cu is not None else torch.arange(0, B * T + 1, T, device=device)
+    return cu if cu is not None else torch.arange(B + 1, device=device) * T
 
 
 def causal_conv1d(x, weight, bias=None, residual=None, initial_state=None, output_final_state=False,
@@ -46,9 +46,11 @@ def causal_conv1d(x, weight, bias=None, residual=None, initial_state=None, outpu
         raise ValueError(f"the conv `cache` must be [N, D, W] = {[N, D, W]}, got {list(initial_state.shape)}")
     if causal_conv.usable(flat, initial_state):
         # a batch of equal lengths leaves its token bounds to the kernel (a grid axis per
-        # sequence, at most 65535 of them)
-        cu = _offsets(cu, B, T, x.device) if B > 65535 else cu
-        y = causal_conv.CausalConv.apply(flat, weight, bias, initial_state, cu, T, activation).reshape(B, T, D)
+        # sequence, at most 65535 of them); a packed one's are derived once per cu_seqlens
+        bounds = (causal_conv.token_bounds(cu_seqlens, flat.shape[0], x.device) if cu_seqlens is not None else
+                  causal_conv.token_bounds(_offsets(None, B, T, x.device), B * T, x.device, keep=False)
+                  if B > 65535 else None)
+        y = causal_conv.CausalConv.apply(flat, weight, bias, initial_state, bounds, T, activation).reshape(B, T, D)
         final = _final_state(flat, _offsets(cu, B, T, x.device), initial_state, W) if output_final_state else None
         return (y + residual if residual is not None else y), final
     cu = _offsets(cu, B, T, x.device)

@@ -104,13 +104,13 @@ def entry_tiles(entry: str, decay: str, variant: str | None = None) -> tuple[int
     """TILES' launch options for ``entry`` on decay path ``decay``: a tuning table's own for
     ``variant`` ("<variant>/<entry>[:<decay>]", from a table made for that variant: it changes
     no other variant's), else the decay path's ("<entry>:<decay>"), else the entry's.
-    FLAGEN_CHUNK_TILES's entries win over a variant's table."""
-    keys = (f"{entry}:{decay}", entry)
-    if variant is not None:
+    An entry that FLAGEN_CHUNK_TILES sets (for the decay path or all) ignores the variant's
+    table: the environment overrides every table."""
+    keys = (f"{entry}:{decay}", entry)  # the most specific first
+    if variant is not None and not any(key in ENV_TILES for key in keys):
         for key in keys:
-            own = TILES.get(f"{variant}/{key}")
-            if own is not None and key not in ENV_TILES:
-                return own
+            if f"{variant}/{key}" in TILES:
+                return TILES[f"{variant}/{key}"]
     return TILES.get(keys[0], TILES[entry])
 
 

@@ -136,6 +136,16 @@ def ensure(device: torch.device) -> None:
         apply(device)
 
 
+def hold() -> None:
+    """reset(), then apply no table in this process: `flagen tune` sets TILES itself, and a
+    table applied on its first step (a user variant's own, from an earlier run) would override
+    every candidate it times."""
+    global _applied
+    reset()
+    with _lock:
+        _applied = None
+
+
 def reset() -> None:
     """Forget the applied table and restore chunked.TILES (defaults and FLAGEN_CHUNK_TILES):
     for `flagen tune` and the tests."""
