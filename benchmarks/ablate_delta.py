@@ -62,6 +62,14 @@ ABLATIONS = {
 }
 
 
+def force_precision(dot: str) -> None:
+    """Every product of the delta-rule kernels at precision ``dot`` (chunked_delta's tables
+    overridden in this process: an experiment, its results unchecked)."""
+    chunked_delta.KEY_PATH_PRECISION = dot
+    for roles in chunked_delta.DOT_PRECISION.values():
+        roles.update(dict.fromkeys(roles, dot))
+
+
 def _substitute(text: str, old: str, new: str, count: int | None) -> str:
     if old.startswith("re:"):
         out, n = re.subn(old[3:], new, text)
@@ -144,9 +152,7 @@ def main():
             dot = ABLATIONS[name].get("dot")
             chunked.TILES.update(ABLATIONS[name].get("tiles", {}))
             if dot:
-                chunked_delta.KEY_PATH_PRECISION = dot
-                for roles in chunked_delta.DOT_PRECISION.values():
-                    roles.update(dict.fromkeys(roles, dot))
+                force_precision(dot)
 
             def fwd():
                 with torch.no_grad():

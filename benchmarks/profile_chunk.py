@@ -26,10 +26,8 @@ def main():
     p.add_argument("--dot", choices=["bf16", "tf32", "tf32x3", "bf16x3"], default=None)
     args = p.parse_args()
     if args.dot:
-        from flagen.runtime import chunked_delta
-        chunked_delta.KEY_PATH_PRECISION = args.dot
-        for roles in chunked_delta.DOT_PRECISION.values():
-            roles.update(dict.fromkeys(roles, args.dot))
+        from benchmarks.ablate_delta import force_precision
+        force_precision(args.dot)
     B, T, H, D = (int(x) for x in args.shape.split(","))
     for name in args.ops.split(","):
         fn = fla_function(name)

@@ -270,12 +270,13 @@ def test_logits_match_fla(model_type):
     """FLA 0.6.0's weights (tests/records/record_fla_logits.py, recorded in bf16 on the GPU in
     FLA's own process) load into ours with no missing or unexpected key and give FLA's logits,
     chunked (T = 80) and token by token (T = 20): ours in bf16 within 2% of the largest logit
-    (+ 0.05) of FLA's, at every token that bf16 can resolve. A token is not resolved where
-    perturbing every weight by bf16's rounding (relative 2^-9) moves our fp32 logits by more
-    than half that bound: there two bf16 computations need not agree (HGRN2's tiny random
+    (+ 0.05) of FLA's at every token. Where perturbing every weight by bf16's rounding
+    (relative 2^-9) moves our fp32 logits by more than half that bound, the bound at that token
+    is twice the move: two bf16 computations can differ by that much there (HGRN2's tiny random
     model has such tokens: their output, ~1e-3, sits under the RMSNorm's sqrt(eps), which
-    amplifies rounding ~300x, in FLA's logits as in ours). At most 5% of the tokens may be such;
-    in the other families every token is resolved."""
+    amplifies rounding ~300x, in FLA's logits as in ours: our own bf16 logits miss our fp32 ones
+    by 0.026 at one of them). At most 5% of the tokens may be such; in the other families there
+    are none, and the bound is the plain one everywhere."""
     if not LOGITS.exists():
         pytest.skip("tests/records/fla060_logits.pt is not recorded yet (tests/records/record_fla_logits.py)")
     record = torch.load(LOGITS)
@@ -300,7 +301,10 @@ def test_logits_match_fla(model_type):
     for T in (80, 20):
         ours, ref = logits["bf16", T], entry[f"logits_{T}"]
         bound = 2e-2 * (ref.abs().max().item() + 0.05)
-        resolved = (logits["perturbed", T] - logits["fp32", T]).abs().amax(-1) <= bound / 2  # [B, T] tokens
-        assert resolved.float().mean() >= 0.95, f"T = {T}: bf16 resolves only {resolved.sum()} of {resolved.numel()} tokens"
-        err = (ours - ref).abs().amax(-1)[resolved].max().item()
-        assert err <= bound, f"T = {T}: max error {err:.3e} > {bound:.3e}"
+        move = (logits["perturbed", T] - logits["fp32", T]).abs().amax(-1)  # [B, T] tokens
+        sensitive = move > bound / 2
+        assert sensitive.float().mean() <= 0.05, f"T = {T}: {sensitive.sum()} of {sensitive.numel()} tokens sensitive"
+        err, bounds = (ours - ref).abs().amax(-1), torch.clamp(2 * move, min=bound)
+        worst = (err / bounds).argmax()
+        assert (err <= bounds).all(), (f"T = {T}: max error {err.flatten()[worst]:.3e} > "
+                                       f"{bounds.flatten()[worst]:.3e} at token {worst.item()}")

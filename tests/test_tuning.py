@@ -219,6 +219,10 @@ def test_a_table_with_bad_variants_names_its_file(fake_gpu):
     fake_gpu.joinpath("fake-gpu-9000@x.json").write_text(json.dumps(dict(variants="x", tiles={"o": [64, 64, 4, 1]})))
     with pytest.raises(ValueError, match="fake-gpu-9000@x.json.*variants"):
         tuning.apply(torch.device("cuda", 0))
+    tuning.reset()
+    fake_gpu.joinpath("fake-gpu-9000@x.json").write_text(json.dumps(dict(tiles={"o": [64, 64, 4, 1]})))
+    with pytest.raises(ValueError, match="fake-gpu-9000@x.json lists no"):
+        tuning.apply(torch.device("cuda", 0))
 
 
 def test_flagen_tune_applies_no_table_while_it_times(fake_gpu):

@@ -112,6 +112,9 @@ def apply(device: torch.device) -> str | None:
         else:
             _set(path)
         for scoped in variant_tables(keys):
+            if _read(scoped)[1] is None:  # (named for variants, it must say which)
+                raise ValueError(f"flagen tuning table {scoped} lists no \"variants\"; a <gpu>@<names>.json "
+                                 "table is for the variants it names: fix or delete it")
             _set(scoped)
         _applied = str(path) if path else None
         return _applied
