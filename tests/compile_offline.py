@@ -57,7 +57,7 @@ def compile_module(triton, path: Path, dtypes: dict, failures: list) -> int:
             fn = module.KERNELS[f"chunk_delta_{kind}"]
             config = launch_config(kind, K, V, BT, getattr(torch, TORCH_DTYPES[dname]))
             options = {n: config.pop(n) for n in ("num_warps", "num_stages") if n in config}
-            consts = dict(H=1, HV=2, K=K, V=V, BT=BT, **config, IS_VARLEN=varlen, USE_H0=True, STORE_HT=True,
+            consts = dict(H=1, HV=2, K=K, V=V, BT=BT, **config, IS_VARLEN=varlen, USE_H0=True, STORE_HT=True, STORE_T=True,
                           USE_DHT=True, STORE_DH0=True)
             signature, constexprs = {}, {}
             for name in fn.arg_names:

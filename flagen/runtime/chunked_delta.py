@@ -76,33 +76,47 @@ def launch_config(kind: str, K: int, V: int, BT: int, dtype: torch.dtype = torch
     return dict(BK=BK, BV=_tile(V, bv), DOT=dot, num_warps=warps, num_stages=stages)
 
 
-def _wy(op, q, k, v, inputs, chunks, meta):
+def readout_dtype(K: int, V: int, BT: int, dtype: torch.dtype, decay: str, variant: str | None) -> torch.dtype:
+    """The dtype the forward stores what only chunk_delta_fwd_o reads (P, the chunk states h,
+    v_new): bf16 where its products round them to bf16 anyway (the same output, half the
+    traffic), fp32 otherwise. The backward recomputes them in fp32."""
+    bf16 = launch_config("fwd_o", K, V, BT, dtype, decay, variant)["DOT"] == "bf16"
+    return torch.bfloat16 if bf16 else torch.float32
+
+
+def _wy(op, q, k, v, inputs, chunks, meta, backward=False):
     """Run chunk_delta_wy: (Tm, P [B*T, HV, BT], w [B*T, HV, K], u [B*T, HV, V], low) in fp32,
-    ``low`` the low-rank form's P_k and A_ak [B*T, HV, BT] ({} without it)."""
+    ``low`` the low-rank form's P_k and A_ak [B*T, HV, BT] ({} without it). Tm only for the
+    ``backward`` (None in the forward, whose P may be bf16: readout_dtype)."""
     B, T, H, K = q.shape
     HV, V = v.shape[2], v.shape[3]
     f32 = dict(dtype=torch.float32, device=q.device)
-    Tm = torch.empty(B * T, HV, chunks.BT, **f32)
-    P = torch.empty_like(Tm)
+    Tm = torch.empty(B * T, HV, chunks.BT, **f32) if backward else None
+    P = torch.empty(B * T, HV, chunks.BT, device=q.device, dtype=torch.float32 if backward else
+                    readout_dtype(K, V, chunks.BT, v.dtype, op.module.DECAY, op.name))
     w = torch.empty(B * T, HV, K, **f32)
     u = torch.empty(B * T, HV, V, **f32)
-    low = dict(Pk=torch.empty_like(Tm), Aak=torch.empty_like(Tm)) if op.module.LOW_RANK else {}
+    low = dict(Pk=torch.empty(B * T, HV, chunks.BT, **f32), Aak=torch.empty(B * T, HV, chunks.BT, **f32)) \
+        if op.module.LOW_RANK else {}
     if chunks.NC:
         op.module.KERNELS["chunk_delta_wy"][chunks.grid](
             q, k, v, *inputs, Tm, P, *low.values(), w, u, meta["cu"], chunks.indices, T,
-            H=H, HV=HV, K=K, V=V, BT=chunks.BT, IS_VARLEN=meta["cu"] is not None,
+            H=H, HV=HV, K=K, V=V, BT=chunks.BT, IS_VARLEN=meta["cu"] is not None, STORE_T=backward,
             **launch_config("wy", K, V, chunks.BT, v.dtype, op.module.DECAY, op.name),
         )
     return Tm, P, w, u, low
 
 
-def _states(op, q, k, v, inputs, w, u, h0, chunks, meta, store_ht):
-    """Run chunk_delta_fwd_h: (h [NC, HV, K, V], v_new [B*T, HV, V], final state or None), fp32."""
+def _states(op, q, k, v, inputs, w, u, h0, chunks, meta, store_ht, backward=False):
+    """Run chunk_delta_fwd_h: (h [NC, HV, K, V], v_new [B*T, HV, V], final state or None), fp32
+    (the final state always; h and v_new in the forward in readout_dtype)."""
     B, T, H, K = q.shape
     HV, V = v.shape[2], v.shape[3]
     f32 = dict(dtype=torch.float32, device=q.device)
-    h = torch.empty(chunks.NC, HV, K, V, **f32)
-    v_new = torch.empty(B * T, HV, V, **f32)
+    kept = dict(device=q.device, dtype=torch.float32 if backward else
+                readout_dtype(K, V, chunks.BT, v.dtype, op.module.DECAY, op.name))
+    h = torch.empty(chunks.NC, HV, K, V, **kept)
+    v_new = torch.empty(B * T, HV, V, **kept)
     ht = torch.empty(meta["N"], HV, K, V, **f32) if store_ht else None
     config = launch_config("fwd_h", K, V, chunks.BT, v.dtype, op.module.DECAY, op.name)
     op.module.KERNELS["chunk_delta_fwd_h"][(cdiv(V, config["BV"]), meta["N"] * HV)](
@@ -156,8 +170,8 @@ class _ChunkedDelta(torch.autograd.Function):
         do = do.contiguous()
         f32 = dict(dtype=torch.float32, device=q.device)
 
-        Tm, P, w, u, low = _wy(op, q, k, v, inputs, chunks, meta)
-        h, v_new, _ = _states(op, q, k, v, inputs, w, u, h0, chunks, meta, False)
+        Tm, P, w, u, low = _wy(op, q, k, v, inputs, chunks, meta, backward=True)
+        h, v_new, _ = _states(op, q, k, v, inputs, w, u, h0, chunks, meta, False, backward=True)
         # the low-rank form's v shares through the end states, and products with dS_end
         dvk = torch.empty_like(v_new) if low else None
         dh = torch.empty_like(h)
