@@ -46,14 +46,19 @@ def compile_module(triton, path: Path, dtypes: dict, failures: list) -> int:
 
     import torch
 
-    from flagen.runtime.chunked_delta import launch_config
+    from flagen.runtime.chunked_delta import launch_config, readout_dtype
     spec = importlib.util.spec_from_file_location(f"offline_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     kinds = dict(module.INPUTS)
     count = 0
     for (K, V), BT, (dname, dt), varlen in itertools.product(DIMS, CHUNK_SIZES, dtypes.items(), (False, True)):
-        for kind in ("wy", "fwd_h", "fwd_o", "bwd_dh", "bwd_dw", "bwd_wy"):
+        # the forward's readout (P, h, v_new) in its own dtype: a second build where it is bf16
+        readout = readout_dtype(K, V, BT, getattr(torch, TORCH_DTYPES[dname]), module.DECAY, None)
+        builds = [(kind, "*fp32") for kind in ("wy", "fwd_h", "fwd_o", "bwd_dh", "bwd_dw", "bwd_wy")]
+        if readout == torch.bfloat16:
+            builds += [(kind, "*bf16") for kind in ("wy", "fwd_h", "fwd_o")]
+        for kind, readout_type in builds:
             fn = module.KERNELS[f"chunk_delta_{kind}"]
             config = launch_config(kind, K, V, BT, getattr(torch, TORCH_DTYPES[dname]))
             options = {n: config.pop(n) for n in ("num_warps", "num_stages") if n in config}
@@ -65,6 +70,8 @@ def compile_module(triton, path: Path, dtypes: dict, failures: list) -> int:
                     signature[name], constexprs[name] = "constexpr", consts[name]
                 elif name in ("q", "k", "v", "do", "o", "dv", "dq", "dk"):
                     signature[name] = dt
+                elif name in ("P", "h", "v_new"):
+                    signature[name] = readout_type
                 elif name in STATE_ARGS or name.startswith("grad_"):
                     signature[name] = "*fp32"
                 elif name in kinds:
@@ -80,7 +87,8 @@ def compile_module(triton, path: Path, dtypes: dict, failures: list) -> int:
                     signature[name] = "i32"
                 else:
                     raise KeyError(f"{fn.__name__}: no type for argument {name}")
-            label = f"{path.stem}.{kind} K{K} V{V} BT{BT} {dname}{' varlen' if varlen else ''}"
+            label = (f"{path.stem}.{kind} K{K} V{V} BT{BT} {dname}{' varlen' if varlen else ''}"
+                     f"{' readout bf16' if readout_type == '*bf16' else ''}")
             try:
                 kernel = triton.compile(ASTSource(fn, signature, constexprs), target=GPUTarget("cuda", 90, 32),
                                         options=options)
