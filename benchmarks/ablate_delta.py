@@ -41,9 +41,10 @@ ABLATIONS = {
     "merges_tf32": dict(subs=[('input_precision="tf32x3")', 'input_precision="tf32")', 2)]),
     # the scalar path's cumulative gate sums in fp32, not fp64 (its [BT, BT] pair decays too)
     "fp32_gate_sums": dict(subs=[(".to(tl.float64)", "", None)]),
-    # no Tm or P written by the WY kernel (their [BT, BT] rows per token)
-    "no_pair_stores": dict(kernel="chunk_delta_wy", subs=[("    tl.store(Tm + o_pair, b_T, mask=m_t[:, None])\n", "", 1),
-                                                           ("    tl.store(P + o_pair, b_P, mask=m_t[:, None])\n", "", 1)]),
+    # no P written by the WY kernel (its [BT, BT] row per token; the forward writes no Tm)
+    "no_pair_stores": dict(kernel="chunk_delta_wy",
+                           subs=[("    tl.store(P + t0_p + o_pair, b_P.to(P.dtype.element_ty), mask=m_t[:, None])\n",
+                                  "", 1)]),
     # no w or u written (their products then vanish with them)
     "no_w_u": dict(kernel="chunk_delta_wy", subs=[(r"re:\n        tl\.store\(w \+ [^\n]*", "", 1),
                                                    (r"re:\n        tl\.store\(u \+ [^\n]*", "", 1)]),

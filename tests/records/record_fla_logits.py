@@ -48,7 +48,7 @@ def main(fla_dir: str, out: str):
         if family in record and "error" not in record[family]:
             continue
         try:
-            config = AutoConfig.for_model(family, **TINY, **extra)
+            config = AutoConfig.for_model(family, **{**TINY, **extra})
             torch.manual_seed(0)
             model = AutoModelForCausalLM.from_config(config).cuda().to(torch.bfloat16).eval()
             gen = torch.Generator().manual_seed(1)
