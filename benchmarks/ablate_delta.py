@@ -33,12 +33,19 @@ from flagen.runtime.op import RecurrentOp
 # name: dict(kernel=the kernel whose source changes (None: the whole module), subs=[(old, new,
 # count)] ("re:" before old: a regular expression; count None: any), dot=a precision for every
 # product, tiles={chunked.TILES entry: launch options})
+SPLIT_DOT = ('    b_c = tl.dot(a_lo, b_hi, input_precision="tf32")\n'
+             '    b_c = tl.dot(a_hi, b_lo, b_c, input_precision="tf32")\n'
+             '    return tl.dot(a_hi, b_hi, b_c, input_precision="tf32")')
 ABLATIONS = {
     "baseline": {},
     # the triangular inverse: T = A (what wy_inverse's merges cost)
     "no_inverse": dict(kernel="chunk_delta_wy", subs=[("b_T = wy_inverse(b_A, BT)", "b_T = b_A", 1)]),
+    # the inverse's diagonal 16 x 16 blocks without their forward substitution
+    "no_substitution": dict(subs=[("for i in range(1, 16):", "for i in range(1, 1):", 1)]),
     # the inverse's merges in one tf32 product each, not three
-    "merges_tf32": dict(subs=[('input_precision="tf32x3")', 'input_precision="tf32")', 2)]),
+    "merges_tf32": dict(subs=[(SPLIT_DOT, '    return tl.dot(a_hi, b_hi, input_precision="tf32")', 1)]),
+    # the inverse's merges through Triton's own tf32x3 (each operand split again per product)
+    "builtin_tf32x3": dict(subs=[(SPLIT_DOT, '    return tl.dot(a_hi + a_lo, b_hi + b_lo, input_precision="tf32x3")', 1)]),
     # the scalar path's cumulative gate sums in fp32, not fp64 (its [BT, BT] pair decays too)
     "fp32_gate_sums": dict(subs=[(".to(tl.float64)", "", None)]),
     # no P written by the WY kernel (its [BT, BT] row per token; the forward writes no Tm)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+import triton
+import triton.language as tl
 
 import fla.ops as ops
 from flagen import reference
@@ -418,6 +420,43 @@ def test_chunk_options_are_checked():
         fn(**{**kwargs, "g": kwargs["g"][..., :8]})
 
 
+_wy_inverse = get_op("delta_rule").module.wy_inverse
+
+
+@triton.jit
+def _inverse_of(A, T, BT: tl.constexpr):
+    o_i = tl.arange(0, BT)
+    o_a = o_i[:, None] * BT + o_i[None, :]
+    tl.store(T + o_a, _wy_inverse(tl.load(A + o_a), BT))
+
+
+@pytest.mark.parametrize("BT", [16, 32, 64])
+def test_wy_inverse_against_float64(BT):
+    """The kernels' triangular inverse alone (chunk_delta.py.j2's wy_inverse: forward
+    substitution in fp32 within 16-row blocks, then merges of split-tf32 products), against
+    float64's inverse of the same fp32 A, relative to its largest entry: within 3e-5 where A is
+    the hardest the ops meet (beta in (1.96, 2), keys within 0.1 or 0.01 radian of one
+    direction, weak or no decay: entries near 2, rows that cancel; measured up to 1e-5 on the
+    CPU) and within 2e-6 for a random A (measured 2e-7)."""
+    gen = torch.Generator().manual_seed(0)
+
+    def nearly_parallel(spread, decay, K=32):
+        k = F.normalize(torch.randn(K, generator=gen) + spread * torch.randn(BT, K, generator=gen), dim=-1).double()
+        beta = 1.96 + 0.04 * torch.rand(BT, generator=gen).double()
+        G = torch.cumsum(-decay * torch.rand(BT, generator=gen).double(), 0)
+        return (k @ k.T) * beta[None, :] * torch.exp(G[:, None] - G[None, :]), 3e-5
+
+    cases = [nearly_parallel(0.1, 0.1), nearly_parallel(0.01, 0.0),
+             (0.3 * torch.randn(BT, BT, generator=gen).double(), 2e-6)]
+    for A, tol in cases:
+        A = torch.tril(A, -1).float()
+        T = torch.empty(BT, BT, device=DEVICE)
+        _inverse_of[(1,)](A.to(DEVICE), T, BT=BT)
+        exact = torch.linalg.inv(torch.eye(BT, dtype=torch.float64) + A.double())
+        err = ((T.cpu().double() - exact).abs().max() / exact.abs().max()).item()
+        assert err <= tol, (BT, err, tol)
+
+
 @pytest.mark.parametrize("variant", ["gated_delta_rule_beta_2sigmoid", "kda_beta_2sigmoid"])
 def test_beta_near_2_and_nearly_parallel_keys(variant):
     """The triangular inverse at its hardest: beta in (1.96, 2) (2 sigmoid of raw inputs near 4,
@@ -489,6 +528,41 @@ def test_launch_options_never_the_known_miscompiles(monkeypatch):
     assert chunked.tiles("dv", 128, 128, "key")[2]["num_warps"] == 4
     assert chunked.tiles("dqk", 128, 128, "scalar")[2]["num_stages"] == 1
     assert chunked.tiles("dqk", 128, 128, "key")[2] == dict(num_warps=8, num_stages=1)
+
+
+def test_launch_falls_back_to_one_stage_where_shared_memory_is_short(monkeypatch):
+    """chunked.run_launches: a kernel whose pipelined build needs more shared memory than the
+    GPU has (Triton's OutOfResources when it loads it) runs again in one stage, with a warning
+    once; later launches with the same options go to one stage at once; a one-stage build that
+    does not fit still raises."""
+    from triton.runtime.errors import OutOfResources
+
+    from flagen.runtime import chunked
+    monkeypatch.setattr(chunked, "_ONE_STAGE", set())
+    calls = []
+
+    class Kernel:
+        __name__ = "big_kernel"
+
+        def __init__(self, limit_stages):
+            self.limit_stages = limit_stages
+
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                calls.append(kwargs["num_stages"])
+                if kwargs["num_stages"] > self.limit_stages:
+                    raise OutOfResources(262144, 232448, "shared memory")
+            return launch
+
+    kernel = Kernel(limit_stages=1)
+    x = torch.zeros(1)
+    with pytest.warns(UserWarning, match="big_kernel needs more shared memory"):
+        chunked.run_launches([(kernel, (1,), (x,), dict(BT=64, num_stages=3))], "forward")
+    assert calls == [3, 1]
+    chunked.run_launches([(kernel, (1,), (x,), dict(BT=64, num_stages=3))], "forward")
+    assert calls == [3, 1, 1]
+    with pytest.raises(OutOfResources):
+        chunked.run_launches([(Kernel(limit_stages=0), (1,), (x,), dict(BT=64, num_stages=2))], "forward")
 
 
 def test_delta_launch_config_follows_tiles(monkeypatch):

@@ -14,10 +14,12 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
 import triton.language as tl
+from triton.runtime.errors import OutOfResources
 
 from flagen.runtime import packing
 from flagen.runtime.gradients import raw_gradients
@@ -201,29 +203,64 @@ def _strong_flags(op, chunks, HV, device):
     return torch.empty(chunks.NC, HV, dtype=torch.int8, device=device) if op.module.DECAY == "key" else None
 
 
-def _launch_passes(kern, launches, strong) -> None:
-    """Launch chunk-parallel kernels, each as (kind, grid, args, kwargs), in order. On the
-    per-key path (``strong`` [NC, HV] int8 given) each is two passes: the fast one over
-    ``grid``, then the exact one over the chunks flagged in ``strong`` by the fast pass of
-    chunk_fwd_o or chunk_bwd_dv (_chunk.j2's launchers), on a persistent grid of at most two
-    programs per SM. The exact kernels are compiled ahead, in threads, while the fast ones
-    compile: they would otherwise double a first call's compile time (Triton's compiler
-    releases the GIL)."""
-    if strong is None:
-        for kind, grid, args, kwargs in launches:
-            kern[kind][grid](*args, **kwargs)
-        return
-    programs = cdiv(strong.numel(), FLAG_BLOCK)
-    if strong.is_cuda:
-        programs = min(programs, 2 * _sm_count(strong.device))
-    exact = [(kern[f"{kind}_exact"], (max(programs, 1),), (*args, strong, strong.numel()),
-              dict(FB=FLAG_BLOCK, **kwargs)) for kind, _, args, kwargs in launches]
-    pending = [_compile_ahead(*launch) for launch in exact]
-    for (kind, grid, args, kwargs), (kernel, egrid, eargs, ekwargs), ready in zip(launches, exact, pending):
-        kern[kind][grid](*args, strong=strong, **kwargs)
+def _launch_passes(kern, launches, strong, first=(), phase="forward") -> None:
+    """Launch chunk-parallel kernels, each as (kind, grid, args, kwargs), in order, after the
+    launches ``first`` (kernel, grid, args, kwargs). On the per-key path (``strong`` [NC, HV]
+    int8 given) each is two passes: the fast one over ``grid``, then the exact one over the
+    chunks flagged in ``strong`` by the fast pass of chunk_fwd_o or chunk_bwd_dv (_chunk.j2's
+    launchers), on a persistent grid of at most two programs per SM."""
+    extra = {} if strong is None else dict(strong=strong)
+    sequence = list(first)
+    if strong is not None:
+        programs = cdiv(strong.numel(), FLAG_BLOCK)
+        if strong.is_cuda:
+            programs = min(programs, 2 * _sm_count(strong.device))
+    for kind, grid, args, kwargs in launches:
+        sequence.append((kern[kind], grid, args, {**kwargs, **extra}))
+        if strong is not None:
+            sequence.append((kern[f"{kind}_exact"], (max(programs, 1),), (*args, strong, strong.numel()),
+                             dict(FB=FLAG_BLOCK, **kwargs)))
+    run_launches(sequence, phase)
+
+
+def run_launches(launches, phase: str) -> None:
+    """Launch the kernels, each (kernel, grid, args, kwargs), in order. The first time a
+    ``phase`` ("forward", "backward": their specialisations differ) runs, every kernel after the
+    first compiles meanwhile in a thread (compile_ahead; Triton's compiler releases the GIL):
+    a first call waits for its slowest compile, not for their sum."""
+    pending = [None] + [compile_ahead(*launch, key=(launch[0], phase)) for launch in launches[1:]]
+    for (kernel, grid, args, kwargs), ready in zip(launches, pending):
         if ready is not None:
-            ready.result()
-        kernel[egrid](*eargs, **ekwargs)
+            try:
+                ready.result()
+            except OutOfResources:
+                pass  # the launch meets it again, and falls back (_launch)
+        _launch(kernel, grid, args, kwargs)
+
+
+# (kernel, launch options) whose pipelined build needs more shared memory than the GPU has
+_ONE_STAGE: set = set()
+
+
+def _launch(kernel, grid, args, kwargs) -> None:
+    """kernel[grid](*args, **kwargs), in one pipeline stage where the tiles' stages need more
+    shared memory than this GPU's blocks may have (the tables assume an H100/H200's 227 KiB;
+    fp32 operands double a stage): Triton says so when it loads the kernel, and the launch
+    is repeated with num_stages=1, said once per kernel and remembered."""
+    key = None
+    if _ONE_STAGE:
+        key = (kernel, tuple(sorted(kwargs.items(), key=lambda item: item[0])))
+        if key in _ONE_STAGE:
+            kwargs = {**kwargs, "num_stages": 1}
+    try:
+        kernel[grid](*args, **kwargs)
+    except OutOfResources as error:
+        if kwargs.get("num_stages", 3) == 1:
+            raise
+        _ONE_STAGE.add(key or (kernel, tuple(sorted(kwargs.items(), key=lambda item: item[0]))))
+        warnings.warn(f"flagen: {getattr(kernel, '__name__', kernel)} needs more shared memory than this GPU has "
+                      f"with num_stages={kwargs.get('num_stages', 3)} ({error}); it runs in one stage", stacklevel=3)
+        kernel[grid](*args, **{**kwargs, "num_stages": 1})
 
 
 @functools.cache
@@ -234,13 +271,15 @@ def _sm_count(device) -> int:
 _compiled_ahead: set = set()
 
 
-def _compile_ahead(kernel, grid, args, kwargs):
-    """Compile ``kernel`` for these arguments in a thread, the first time it is launched: a
-    future, or None (compiled ahead before, or the interpreter). One set lookup per call on
-    the hot path; a later specialisation (other head dims or dtypes) compiles at its launch."""
-    if kernel in _compiled_ahead or os.environ.get("TRITON_INTERPRET") == "1" or not args[0].is_cuda:
+def compile_ahead(kernel, grid, args, kwargs, key=None):
+    """Compile ``kernel`` for these arguments in a thread, the first time ``key`` (default: the
+    kernel) comes: a future, or None (compiled ahead before, or the interpreter). One set
+    lookup per call on the hot path; a later specialisation (other head dims or dtypes)
+    compiles at its launch."""
+    key = kernel if key is None else key
+    if key in _compiled_ahead or os.environ.get("TRITON_INTERPRET") == "1" or not args[0].is_cuda:
         return None
-    _compiled_ahead.add(kernel)
+    _compiled_ahead.add(key)
     device = args[0].device
 
     def compile_():
@@ -255,8 +294,9 @@ def _compile_pool():
 
 
 def _states(op, meta, q, k, v, h0, z0, inputs, chunks, BT, DT, hdtype, store_ht):
-    """Run chunk_fwd_h: (h, final state, z, final z), the states at every chunk start and the
-    final state; with the normaliser also the sums of keys z at every chunk start (else None)."""
+    """chunk_fwd_h's outputs (h, final state, z, final z), the states at every chunk start and
+    the final state, with the normaliser also the sums of keys z at every chunk start (else
+    None), and its launch (kernel, grid, args, kwargs)."""
     B, T, H, K = q.shape
     HV, V = v.shape[2], v.shape[3]
     N = meta["N"]
@@ -269,12 +309,11 @@ def _states(op, meta, q, k, v, h0, z0, inputs, chunks, BT, DT, hdtype, store_ht)
         z = q.new_empty(chunks.NC, HV, K, dtype=torch.float32)
         zt = q.new_empty(N, HV, K, dtype=torch.float32)  # written whatever store_ht (chunk_fwd_h)
         norm = dict(z=z, z0=z0, zt=zt, USE_Z0=z0 is not None)
-    op.module.KERNELS["chunk_fwd_h"][(cdiv(K, BK) * cdiv(V, BV), N * HV)](
-        k, v, *inputs, h, h0, ht, meta["cu"], chunks.offsets, T, **norm,
-        H=H, HV=HV, K=K, V=V, BT=BT, BK=BK, BV=BV, DT=DT,
-        USE_H0=h0 is not None, STORE_HT=store_ht, IS_VARLEN=meta["cu"] is not None, **W,
-    )
-    return h, ht, z, (zt if store_ht else None)
+    launch = (op.module.KERNELS["chunk_fwd_h"], (cdiv(K, BK) * cdiv(V, BV), N * HV),
+              (k, v, *inputs, h, h0, ht, meta["cu"], chunks.offsets, T),
+              dict(**norm, H=H, HV=HV, K=K, V=V, BT=BT, BK=BK, BV=BV, DT=DT,
+                   USE_H0=h0 is not None, STORE_HT=store_ht, IS_VARLEN=meta["cu"] is not None, **W))
+    return (h, ht, z, (zt if store_ht else None)), launch
 
 
 class _Chunked(torch.autograd.Function):
@@ -287,8 +326,8 @@ class _Chunked(torch.autograd.Function):
         DT, hdtype = dot_dtype(q.dtype)
         chunks = Chunks.of(meta["lens"], meta["cu"] is not None, B, T, HV, BT, q.device)
         inputs = op.kernel_inputs(raw, meta)
-        h, ht, z, zt = _states(op, meta, q, k, v, h0, z0, inputs, chunks, BT, DT, hdtype,
-                               meta["output_final_state"])
+        (h, ht, z, zt), walk = _states(op, meta, q, k, v, h0, z0, inputs, chunks, BT, DT, hdtype,
+                                       meta["output_final_state"])
         o = torch.empty_like(v)
         # with the normaliser, every token's divisor (for the backward)
         den = torch.empty(B, T, HV, dtype=torch.float32, device=q.device) if z is not None else None
@@ -301,7 +340,9 @@ class _Chunked(torch.autograd.Function):
                 dict(**(dict(z=z, den=den) if z is not None else {}),
                      H=H, HV=HV, K=K, V=V, BT=BT, BK=BK, BV=BV, DT=DT, IS_VARLEN=meta["cu"] is not None,
                      **W, **_sub_chunk(op)),
-            )], strong)
+            )], strong, first=[walk])
+        else:
+            run_launches([walk], "forward")
         if meta["needs_grad"]:
             ctx.save_for_backward(q, k, v, h0, z0, o if den is not None else None, den, *raw)
             ctx.op, ctx.meta, ctx.chunks = op, meta, chunks
@@ -325,7 +366,7 @@ class _Chunked(torch.autograd.Function):
         do = do.contiguous()
         f32 = dict(dtype=torch.float32, device=q.device)
 
-        h, _, z, _ = _states(op, meta, q, k, v, h0, z0, inputs, chunks, BT, DT, hdtype, False)
+        (h, _, z, _), walk = _states(op, meta, q, k, v, h0, z0, inputs, chunks, BT, DT, hdtype, False)
         dh = torch.empty_like(h)
         dh0 = torch.empty(N, HV, K, V, **f32) if h0 is not None else None
         dz0, norm_dh, norm_dqk = None, {}, {}
@@ -337,12 +378,11 @@ class _Chunked(torch.autograd.Function):
                            USE_DZT=dzt is not None)
             norm_dqk = dict(w=w, z=z, dz=dz)
         BK, BV, W = tiles("dh", K, V, op.module.DECAY, q.element_size(), op.name)
-        kern["chunk_bwd_dh"][(cdiv(K, BK) * cdiv(V, BV), N * HV)](
-            q, do, *inputs, dh, dht.contiguous() if dht is not None else None, dh0, cu, chunks.offsets,
-            meta["scale"], T, **norm_dh,
-            H=H, HV=HV, K=K, V=V, BT=BT, BK=BK, BV=BV, DT=DT,
-            USE_DHT=dht is not None, STORE_DH0=dh0 is not None, IS_VARLEN=varlen, **W,
-        )
+        walks = [walk, (kern["chunk_bwd_dh"], (cdiv(K, BK) * cdiv(V, BV), N * HV),
+                        (q, do, *inputs, dh, dht.contiguous() if dht is not None else None, dh0, cu, chunks.offsets,
+                         meta["scale"], T),
+                        dict(**norm_dh, H=H, HV=HV, K=K, V=V, BT=BT, BK=BK, BV=BV, DT=DT,
+                             USE_DHT=dht is not None, STORE_DH0=dh0 is not None, IS_VARLEN=varlen, **W))]
 
         dv = torch.empty_like(v)
         # with grouped value heads, dq and dk are per state head first, then summed per group
@@ -365,8 +405,9 @@ class _Chunked(torch.autograd.Function):
                 (q, k, v, *inputs, h, do, dh, dq, dk, *grads.values(), cu, chunks.indices, meta["scale"], T, NT, NC),
                 dict(**norm_dqk, H=H, HV=HV, K=K, V=V, BT=BT, BK=BKq, BV=BVq, DT=DT, IS_VARLEN=varlen, **Wq,
                      **_sub_chunk(op)),
-            )], strong)
+            )], strong, first=walks, phase="backward")
         else:  # no tokens at all
+            run_launches(walks, "backward")
             dv.zero_(), dq.zero_(), dk.zero_()
             for g in grads.values():
                 g.zero_()

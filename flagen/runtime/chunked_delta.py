@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from flagen.runtime import checks
-from flagen.runtime.chunked import Chunks, entry_tiles, no_double_backward, per_query_head
+from flagen.runtime.chunked import Chunks, entry_tiles, no_double_backward, per_query_head, run_launches
 from flagen.runtime.gradients import raw_gradients
 from flagen.runtime.intmath import cdiv, next_power_of_2
 
@@ -72,6 +72,8 @@ def launch_config(kind: str, K: int, V: int, BT: int, dtype: torch.dtype = torch
             stages = 1  # two overflow shared memory (K = 100 in fp32: 232 KiB; a block has 227)
     else:
         BK = _tile(K, bk)
+        if kind == "bwd_wy" and decay == "key" and dtype == torch.float32:
+            stages = 1  # three overflow shared memory with the low-rank form (DPLR, K = 128: 256 KiB)
     dot = KEY_PATH_PRECISION if decay == "key" else DOT_PRECISION[dtype][ROLE[kind]]
     return dict(BK=BK, BV=_tile(V, bv), DOT=dot, num_warps=warps, num_stages=stages)
 
@@ -85,9 +87,10 @@ def readout_dtype(K: int, V: int, BT: int, dtype: torch.dtype, decay: str, varia
 
 
 def _wy(op, q, k, v, inputs, chunks, meta, backward=False):
-    """Run chunk_delta_wy: (Tm, P [B*T, HV, BT], w [B*T, HV, K], u [B*T, HV, V], low) in fp32,
-    ``low`` the low-rank form's P_k and A_ak [B*T, HV, BT] ({} without it). Tm only for the
-    ``backward`` (None in the forward, whose P may be bf16: readout_dtype)."""
+    """chunk_delta_wy's outputs (Tm, P [B*T, HV, BT], w [B*T, HV, K], u [B*T, HV, V], low) in
+    fp32, ``low`` the low-rank form's P_k and A_ak [B*T, HV, BT] ({} without it), and its
+    launches (none without chunks). Tm only for the ``backward`` (None in the forward, whose
+    P may be bf16: readout_dtype)."""
     B, T, H, K = q.shape
     HV, V = v.shape[2], v.shape[3]
     f32 = dict(dtype=torch.float32, device=q.device)
@@ -98,18 +101,18 @@ def _wy(op, q, k, v, inputs, chunks, meta, backward=False):
     u = torch.empty(B * T, HV, V, **f32)
     low = dict(Pk=torch.empty(B * T, HV, chunks.BT, **f32), Aak=torch.empty(B * T, HV, chunks.BT, **f32)) \
         if op.module.LOW_RANK else {}
-    if chunks.NC:
-        op.module.KERNELS["chunk_delta_wy"][chunks.grid](
-            q, k, v, *inputs, Tm, P, *low.values(), w, u, meta["cu"], chunks.indices, T,
-            H=H, HV=HV, K=K, V=V, BT=chunks.BT, IS_VARLEN=meta["cu"] is not None, STORE_T=backward,
-            **launch_config("wy", K, V, chunks.BT, v.dtype, op.module.DECAY, op.name),
-        )
-    return Tm, P, w, u, low
+    launches = [(
+        op.module.KERNELS["chunk_delta_wy"], chunks.grid,
+        (q, k, v, *inputs, Tm, P, *low.values(), w, u, meta["cu"], chunks.indices, T),
+        dict(H=H, HV=HV, K=K, V=V, BT=chunks.BT, IS_VARLEN=meta["cu"] is not None, STORE_T=backward,
+             **launch_config("wy", K, V, chunks.BT, v.dtype, op.module.DECAY, op.name)),
+    )] if chunks.NC else []
+    return (Tm, P, w, u, low), launches
 
 
 def _states(op, q, k, v, inputs, w, u, h0, chunks, meta, store_ht, backward=False):
-    """Run chunk_delta_fwd_h: (h [NC, HV, K, V], v_new [B*T, HV, V], final state or None), fp32
-    (the final state always; h and v_new in the forward in readout_dtype)."""
+    """chunk_delta_fwd_h's outputs (h [NC, HV, K, V], v_new [B*T, HV, V], final state or None),
+    fp32 (the final state always; h and v_new in the forward in readout_dtype), and its launch."""
     B, T, H, K = q.shape
     HV, V = v.shape[2], v.shape[3]
     f32 = dict(dtype=torch.float32, device=q.device)
@@ -119,12 +122,11 @@ def _states(op, q, k, v, inputs, w, u, h0, chunks, meta, store_ht, backward=Fals
     v_new = torch.empty(B * T, HV, V, **kept)
     ht = torch.empty(meta["N"], HV, K, V, **f32) if store_ht else None
     config = launch_config("fwd_h", K, V, chunks.BT, v.dtype, op.module.DECAY, op.name)
-    op.module.KERNELS["chunk_delta_fwd_h"][(cdiv(V, config["BV"]), meta["N"] * HV)](
-        q, k, v, *inputs, w, u, h, v_new, h0, ht, meta["cu"], chunks.offsets, T,
-        H=H, HV=HV, K=K, V=V, BT=chunks.BT, IS_VARLEN=meta["cu"] is not None,
-        USE_H0=h0 is not None, STORE_HT=store_ht, **config,
-    )
-    return h, v_new, ht
+    launch = (op.module.KERNELS["chunk_delta_fwd_h"], (cdiv(V, config["BV"]), meta["N"] * HV),
+              (q, k, v, *inputs, w, u, h, v_new, h0, ht, meta["cu"], chunks.offsets, T),
+              dict(H=H, HV=HV, K=K, V=V, BT=chunks.BT, IS_VARLEN=meta["cu"] is not None,
+                   USE_H0=h0 is not None, STORE_HT=store_ht, **config))
+    return (h, v_new, ht), [launch]
 
 
 def chunk_size_of(chunk_size: int | None) -> int:
@@ -141,16 +143,19 @@ class _ChunkedDelta(torch.autograd.Function):
         BT = chunk_size_of(meta["chunk_size"])
         chunks = Chunks.of(meta["lens"], meta["cu"] is not None, B, T, HV, BT, q.device)
         inputs = op.kernel_inputs(raw, meta)
-        Tm, P, w, u, low = _wy(op, q, k, v, inputs, chunks, meta)
-        h, v_new, ht = _states(op, q, k, v, inputs, w, u, h0, chunks, meta, meta["output_final_state"])
+        (Tm, P, w, u, low), launches = _wy(op, q, k, v, inputs, chunks, meta)
+        (h, v_new, ht), walk = _states(op, q, k, v, inputs, w, u, h0, chunks, meta, meta["output_final_state"])
+        launches += walk
         o = torch.empty_like(v)
         if chunks.NC:
             config = launch_config("fwd_o", K, V, BT, v.dtype, op.module.DECAY, op.name)
-            op.module.KERNELS["chunk_delta_fwd_o"][(*chunks.grid, cdiv(V, config["BV"]))](
-                q, k, v, *inputs, h, P, *([low["Pk"]] if low else []), v_new, o, meta["cu"], chunks.indices,
-                meta["scale"], T,
-                H=H, HV=HV, K=K, V=V, BT=BT, IS_VARLEN=meta["cu"] is not None, **config,
-            )
+            launches.append((
+                op.module.KERNELS["chunk_delta_fwd_o"], (*chunks.grid, cdiv(V, config["BV"])),
+                (q, k, v, *inputs, h, P, *([low["Pk"]] if low else []), v_new, o, meta["cu"], chunks.indices,
+                 meta["scale"], T),
+                dict(H=H, HV=HV, K=K, V=V, BT=BT, IS_VARLEN=meta["cu"] is not None, **config),
+            ))
+        run_launches(launches, "forward")
         if meta["needs_grad"]:
             ctx.save_for_backward(q, k, v, h0, *raw)
             ctx.op, ctx.meta, ctx.chunks = op, meta, chunks
@@ -170,21 +175,22 @@ class _ChunkedDelta(torch.autograd.Function):
         do = do.contiguous()
         f32 = dict(dtype=torch.float32, device=q.device)
 
-        Tm, P, w, u, low = _wy(op, q, k, v, inputs, chunks, meta, backward=True)
-        h, v_new, _ = _states(op, q, k, v, inputs, w, u, h0, chunks, meta, False, backward=True)
+        (Tm, P, w, u, low), launches = _wy(op, q, k, v, inputs, chunks, meta, backward=True)
+        (h, v_new, _), walk = _states(op, q, k, v, inputs, w, u, h0, chunks, meta, False, backward=True)
+        launches += walk
         # the low-rank form's v shares through the end states, and products with dS_end
         dvk = torch.empty_like(v_new) if low else None
         dh = torch.empty_like(h)
         dv_new = torch.empty_like(v_new)
         dh0 = torch.empty(N, HV, K, V, **f32) if h0 is not None else None
         config = launch_config("bwd_dh", K, V, BT, v.dtype, op.module.DECAY, op.name)
-        kern["chunk_delta_bwd_dh"][(cdiv(V, config["BV"]), N * HV)](
-            q, k, v, *inputs, w, P, do, dh, dv_new, *([dvk] if low else []),
-            dht.contiguous() if dht is not None else None, dh0,
-            cu, chunks.offsets, meta["scale"], T,
-            H=H, HV=HV, K=K, V=V, BT=BT, IS_VARLEN=varlen,
-            USE_DHT=dht is not None, STORE_DH0=dh0 is not None, **config,
-        )
+        launches.append((
+            kern["chunk_delta_bwd_dh"], (cdiv(V, config["BV"]), N * HV),
+            (q, k, v, *inputs, w, P, do, dh, dv_new, *([dvk] if low else []),
+             dht.contiguous() if dht is not None else None, dh0, cu, chunks.offsets, meta["scale"], T),
+            dict(H=H, HV=HV, K=K, V=V, BT=BT, IS_VARLEN=varlen, USE_DHT=dht is not None,
+                 STORE_DH0=dh0 is not None, **config),
+        ))
 
         kinds = dict(op.module.INPUTS)
         layout = {"token": (NT, HV), "token_key": (NT, HV, K), "head": (NC, HV), "head_key": (NC, HV, K)}
@@ -198,18 +204,21 @@ class _ChunkedDelta(torch.autograd.Function):
             dqs, dw, dbc = (torch.empty(NT, HV, K, **f32) for _ in range(3))
             sdh = torch.empty(NC, HV, K, **f32)
             dkc = torch.empty_like(dqs) if low else None
-            kern["chunk_delta_bwd_dw"][(*chunks.grid, cdiv(K, config["BK"]))](
-                h, dh, do, *([v] if low else []), v_new, dv_new, dqs, dw, dbc, *([dkc] if low else []), sdh, cu,
-                chunks.indices, meta["scale"], T,
-                H=H, HV=HV, K=K, V=V, BT=BT, IS_VARLEN=varlen, **config,
-            )
-            kern["chunk_delta_bwd_wy"][chunks.grid](
-                q, k, v, *inputs, Tm, P, *low.values(), *([dvk, dkc] if low else []), v_new, dv_new, do, dqs, dw,
-                dbc, sdh, dq, dk, dv, *grads.values(),
-                cu, chunks.indices, meta["scale"], T,
-                H=H, HV=HV, K=K, V=V, BT=BT, IS_VARLEN=varlen, **launch_config("bwd_wy", K, V, BT, v.dtype, op.module.DECAY, op.name),
-            )
-        else:  # no tokens at all
+            launches.append((
+                kern["chunk_delta_bwd_dw"], (*chunks.grid, cdiv(K, config["BK"])),
+                (h, dh, do, *([v] if low else []), v_new, dv_new, dqs, dw, dbc, *([dkc] if low else []), sdh, cu,
+                 chunks.indices, meta["scale"], T),
+                dict(H=H, HV=HV, K=K, V=V, BT=BT, IS_VARLEN=varlen, **config),
+            ))
+            launches.append((
+                kern["chunk_delta_bwd_wy"], chunks.grid,
+                (q, k, v, *inputs, Tm, P, *low.values(), *([dvk, dkc] if low else []), v_new, dv_new, do, dqs, dw,
+                 dbc, sdh, dq, dk, dv, *grads.values(), cu, chunks.indices, meta["scale"], T),
+                dict(H=H, HV=HV, K=K, V=V, BT=BT, IS_VARLEN=varlen,
+                     **launch_config("bwd_wy", K, V, BT, v.dtype, op.module.DECAY, op.name)),
+            ))
+        run_launches(launches, "backward")
+        if not NC:  # no tokens at all
             dv.zero_(), dq.zero_(), dk.zero_()
             for g in grads.values():
                 g.zero_()
