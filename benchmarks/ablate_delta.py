@@ -62,6 +62,17 @@ ABLATIONS = {
     # the per-key path: the pairs across blocks, products of factors through each block's boundary
     "no_cross_block_pairs": dict(kernel="chunk_delta_wy", subs=[("for i_b in range(1, BT // 16):",
                                                                  "for i_b in range(1, 1):", 1)]),
+    # the "bf16x3" products (bf16 inputs' factors and state walk) as three explicit bf16 products of
+    # operands split once, as the "tf32x3" ones are (results right: only the speed is in question)
+    "split_bf16x3": dict(subs=[(
+        "        c = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision=DOT)",
+        "        if DOT == \"bf16x3\":\n"
+        "            a_hi, b_hi = a.to(tl.bfloat16), b.to(tl.bfloat16)\n"
+        "            a_lo = (a.to(tl.float32) - a_hi.to(tl.float32)).to(tl.bfloat16)\n"
+        "            b_lo = (b.to(tl.float32) - b_hi.to(tl.float32)).to(tl.bfloat16)\n"
+        "            c = tl.dot(a_hi, b_hi, tl.dot(a_hi, b_lo, tl.dot(a_lo, b_hi)))\n"
+        "        else:\n"
+        "            c = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision=DOT)", 1)]),
     # every product one bf16 product (chunked_delta's precision table overridden)
     "dot_bf16": dict(dot="bf16"),
     # the WY kernel's launch options (BK, BV, warps, stages; default (64, 64, 4, 3))

@@ -28,7 +28,7 @@ DEFAULT_OPS = ["chunk_retention", "chunk_simple_gla", "chunk_gla", "chunk_rwkv6"
                "chunk_gated_delta_rule", "chunk_kda"]
 
 
-def child(name: str, shape: tuple[int, ...], device: str) -> dict:
+def child(name: str, shape: tuple[int, ...], device: str, profile: int = 0) -> dict:
     t0 = time.perf_counter()
     import torch
     import torch.nn.functional as F
@@ -40,12 +40,36 @@ def child(name: str, shape: tuple[int, ...], device: str) -> dict:
     fn = fla_function(name)
     t2 = time.perf_counter()
     a, kw, _ = make_inputs(name, *shape, torch, F, dev=device)
-    o = fn(**a, **kw)[0]
-    o.backward(torch.randn_like(o))
     if device == "cuda":
         torch.cuda.synchronize()
+    t_inputs = time.perf_counter()
+    marks = []
+
+    def call():
+        o = fn(**a, **kw)[0]
+        if device == "cuda":
+            torch.cuda.synchronize()
+        marks.append(time.perf_counter())
+        o.backward(torch.randn_like(o))
+        if device == "cuda":
+            torch.cuda.synchronize()
+    if profile:
+        import cProfile
+        import pstats
+        profiler = cProfile.Profile()
+        profiler.runcall(call)
+    else:
+        call()
     t3 = time.perf_counter()
-    return dict(start_s=round(t1 - t0, 2), import_s=round(t2 - t1, 2), first_call_s=round(t3 - t2, 2))
+    row = dict(start_s=round(t1 - t0, 2), import_s=round(t2 - t1, 2), first_call_s=round(t3 - t2, 2),
+               inputs_s=round(t_inputs - t2, 2), forward_s=round(marks[0] - t_inputs, 2),
+               backward_s=round(t3 - marks[0], 2))
+    if profile:  # where the call's host time went: the functions with the most cumulative time
+        stats = pstats.Stats(profiler).stats
+        top = sorted(stats.items(), key=lambda item: -item[1][3])[:profile]
+        row["profile"] = [[round(cum, 3), f"{os.path.relpath(file) if file.startswith('/') else file}:{line}({fname})"]
+                          for (file, line, fname), (_, _, _, cum, _) in top]
+    return row
 
 
 def main():
@@ -54,11 +78,13 @@ def main():
     p.add_argument("--ops", default=",".join(DEFAULT_OPS))
     p.add_argument("--shape", default="2,2048,16,128", help="B,T,H,D")
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    p.add_argument("--profile", type=int, default=0,
+                   help="with N > 0: the N functions with the most cumulative time in each call (cProfile)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
     shape = tuple(int(x) for x in args.shape.split(","))
     if args.child:
-        print(json.dumps(child(args.child, shape, args.device)))
+        print(json.dumps(child(args.child, shape, args.device, args.profile)))
         return
     rows = []
     for name in args.ops.split(","):
@@ -69,7 +95,8 @@ def main():
                 env["TRITON_INTERPRET"] = "1"
             for run in ("cold", "warm"):
                 out = subprocess.run([sys.executable, __file__, "--child", name, "--shape", args.shape,
-                                      "--device", args.device], env=env, capture_output=True, text=True)
+                                      "--device", args.device, "--profile", str(args.profile)],
+                                     env=env, capture_output=True, text=True)
                 if out.returncode:
                     row[run] = dict(error=out.stderr.strip().splitlines()[-1][:300] if out.stderr else "failed")
                 else:

@@ -60,7 +60,7 @@ def compile_module(triton, path: Path, dtypes: dict, failures: list) -> int:
             builds += [(kind, "*bf16") for kind in ("wy", "fwd_h", "fwd_o")]
         for kind, readout_type in builds:
             fn = module.KERNELS[f"chunk_delta_{kind}"]
-            config = launch_config(kind, K, V, BT, getattr(torch, TORCH_DTYPES[dname]))
+            config = launch_config(kind, K, V, BT, getattr(torch, TORCH_DTYPES[dname]), module.DECAY)
             options = {n: config.pop(n) for n in ("num_warps", "num_stages") if n in config}
             consts = dict(H=1, HV=2, K=K, V=V, BT=BT, **config, IS_VARLEN=varlen, USE_H0=True, STORE_HT=True, STORE_T=True,
                           USE_DHT=True, STORE_DH0=True)
@@ -90,7 +90,11 @@ def compile_module(triton, path: Path, dtypes: dict, failures: list) -> int:
             label = (f"{path.stem}.{kind} K{K} V{V} BT{BT} {dname}{' varlen' if varlen else ''}"
                      f"{' readout bf16' if readout_type == '*bf16' else ''}")
             try:
-                kernel = triton.compile(ASTSource(fn, signature, constexprs), target=GPUTarget("cuda", 90, 32),
+                # pointers 16-byte aligned, as the runtime specialises torch's tensors (wider
+                # loads, and so the shared memory of the pipelined stages, depend on it)
+                attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names)
+                         if signature[name].startswith("*")}
+                kernel = triton.compile(ASTSource(fn, signature, constexprs, attrs), target=GPUTarget("cuda", 90, 32),
                                         options=options)
                 count += 1
             except Exception:

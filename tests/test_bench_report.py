@@ -84,17 +84,21 @@ def test_plot_of_a_sweep(tmp_path):
 
 def test_first_call_script_runs_its_processes(tmp_path):
     """benchmarks/bench_first_call.py on the interpreter: a cold and a warm process per op, each
-    timing its start, import and first forward+backward (on a GPU the same calls compile)."""
+    timing its start, import and first forward+backward (on a GPU the same calls compile), the
+    call split into its inputs, forward and backward, and with --profile the functions that
+    took the call's time."""
     import os
     import subprocess
     out = tmp_path / "first_call.json"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_first_call.py"), "--device", "cpu", "--ops",
-                    "chunk_simple_gla", "--shape", "1,20,1,16", "--out", str(out)], check=True, env=env,
-                   capture_output=True)
+                    "chunk_simple_gla", "--shape", "1,20,1,16", "--out", str(out), "--profile", "5"], check=True,
+                   env=env, capture_output=True)
     (row,) = json.loads(out.read_text())["results"]
     for run in ("cold", "warm"):
-        assert set(row[run]) == {"start_s", "import_s", "first_call_s"}, row[run]
+        assert set(row[run]) == {"start_s", "import_s", "first_call_s", "inputs_s", "forward_s", "backward_s",
+                                 "profile"}, row[run]
+        assert len(row[run]["profile"]) == 5 and row[run]["profile"][0][1].endswith("(call)"), row[run]["profile"]
 
 
 @pytest.mark.parametrize("variant,skipped", [("gated_delta_rule_l2norm", {"no_block_pairs", "no_cross_block_pairs"}),

@@ -13,7 +13,9 @@ tiny config, ``torch.manual_seed(0)`` before the model is built, bf16 on the GPU
 input ids: the record holds the config, the state_dict, the ids and the logits (both
 ``mode='chunk'`` at T = 80 and a T = 20 input that FLA runs token by token), in bf16 and, as
 ``logits32_<T>``, of the same weights in fp32 (bf16's rounding alone moves a tiny random
-model's logits by about the test's bound at some tokens: HGRN2's). FLA autotunes each
+model's logits by about the test's bound at some tokens: HGRN2's), or ``logits32_<T>_error``
+where FLA refuses fp32 (its chunked delta rule does); a family's bf16 record is never replaced
+by an fp32 failure. FLA autotunes each
 family's kernels first (about a minute each on the H200): a record already at the output path
 is continued (a family without fp32 logits gets them, from its recorded weights), so a run cut
 short by the device's time limit resumes where it stopped::
@@ -49,7 +51,7 @@ def main(fla_dir: str, out: str):
     record = torch.load(out) if os.path.exists(out) else {}
     for family, extra in FAMILIES.items():
         entry = record.get(family, {})
-        if "error" not in entry and "logits32_80" in entry:
+        if "error" not in entry and all(f"logits32_{T}" in entry or f"logits32_{T}_error" in entry for T in (80, 20)):
             continue
         try:
             config = AutoConfig.for_model(family, **{**TINY, **extra})
@@ -64,15 +66,22 @@ def main(fla_dir: str, out: str):
                         entry[f"logits_{T}"] = model(entry[f"ids_{T}"].cuda()).logits.float().cpu()
             else:
                 model.load_state_dict(entry["state_dict"])  # recorded before: only the fp32 logits are new
-            model = model.float()
-            for T in (80, 20):
+        except Exception as e:  # noqa: BLE001 - recorded (where nothing was before), the others go on
+            error = f"{type(e).__name__}: {str(e)[:300]}"
+            if "logits_80" not in entry:
+                record[family] = dict(error=error)
+                torch.save(record, out)
+            print(family, error, flush=True)
+            continue
+        record[family] = entry
+        model = model.float()
+        for T in (80, 20):
+            try:
                 with torch.no_grad():
                     entry[f"logits32_{T}"] = model(entry[f"ids_{T}"].cuda()).logits.float().cpu()
-            record[family] = entry
-            print(family, "recorded", flush=True)
-        except Exception as e:  # noqa: BLE001 - recorded, the others go on
-            record[family] = dict(error=f"{type(e).__name__}: {str(e)[:300]}")
-            print(family, record[family]["error"], flush=True)
+            except Exception as e:  # noqa: BLE001 - FLA refuses some ops in fp32 (the chunked delta rule)
+                entry[f"logits32_{T}_error"] = f"{type(e).__name__}: {str(e)[:300]}"
+        print(family, "recorded", {T: entry.get(f"logits32_{T}_error", "fp32 too") for T in (80, 20)}, flush=True)
         torch.save(record, out)  # after each family: a run cut short keeps what it recorded
 
 
