@@ -42,6 +42,7 @@ ABLATIONS = {
     "no_inverse": dict(kernel="chunk_delta_wy", subs=[("b_T = wy_inverse(b_A, BT)", "b_T = b_A", 1)]),
     # the inverse's diagonal 16 x 16 blocks without their forward substitution
     "no_substitution": dict(subs=[("for i in range(1, 16):", "for i in range(1, 1):", 1)]),
+    # (these two change every "tf32x3" product; in a bf16 forward only the inverse's merges are such)
     # the inverse's merges in one tf32 product each, not three
     "merges_tf32": dict(subs=[(SPLIT_DOT, '    return tl.dot(a_hi, b_hi, input_precision="tf32")', 1)]),
     # the inverse's merges through Triton's own tf32x3 (each operand split again per product)

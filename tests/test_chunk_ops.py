@@ -282,6 +282,27 @@ def test_nan_stays_in_its_future(family, where, value):
         assert not torch.isfinite(o_bad[:, 20:]).all(), f"{options or 'recurrent'}: the NaN vanished"
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("where", ["k", "beta"])
+@pytest.mark.parametrize("family", ["delta_rule", "kda"])
+def test_delta_nan_of_any_payload_is_kept(family, where):
+    """A NaN at t = 20 in k or beta, whatever its bits (numpy's 0x7FC00000, the GPU's own
+    0x7FFFFFFF, 0xFFFFFFFF; bf16's alike), makes the delta rule's chunked outputs from t = 20 on
+    not all finite, at every chunk size: the split-tf32 products' rounding (chunk_delta.py.j2,
+    round_tf32) once turned 0x7FFFFFFF into -0 and the NaN vanished."""
+    fn, kwargs, _, _ = make_case(family, Shape(B=1, T=40, H=1, HV=1, K=16, V=16), strong=False)
+    fn, kwargs = chunked(family, fn, kwargs)
+    x = kwargs[where]
+    payloads = ([0x7FC00000, 0x7FFFFFFF, -1] if x.dtype == torch.float32 else [0x7FC0, 0x7FFF, -1])
+    int_type = torch.int32 if x.dtype == torch.float32 else torch.int16
+    for bits in payloads:
+        bad = dict(kwargs, **{where: x.clone()})
+        bad[where][:, 20] = torch.tensor(bits, dtype=int_type).view(x.dtype).to(x.device)
+        for chunk_size in (16, 32, 64):
+            o = fn(**bad, chunk_size=chunk_size)[0]
+            assert not torch.isfinite(o[:, 20:]).all(), f"{bits:#x}, chunk size {chunk_size}: the NaN vanished"
+
+
 @pytest.mark.xfail(strict=True, raises=AssertionError,
                    reason="known: a NaN in v reaches the earlier rows of its chunk in the chunked ops")
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
@@ -563,6 +584,13 @@ def test_launch_falls_back_to_one_stage_where_shared_memory_is_short(monkeypatch
     assert calls == [3, 1, 1]
     with pytest.raises(OutOfResources):
         chunked.run_launches([(Kernel(limit_stages=0), (1,), (x,), dict(BT=64, num_stages=2))], "forward")
+    # tensors among the options (the per-key path's flags, new each call) are not part of what is remembered
+    calls.clear()
+    kernel = Kernel(limit_stages=1)
+    for _ in range(3):
+        chunked.run_launches([(kernel, (1,), (x,), dict(BT=32, strong=torch.zeros(2), num_stages=3))], "forward")
+    assert calls == [3, 1, 1, 1]
+    assert sum(key[0] is kernel for key in chunked._ONE_STAGE) == 1
 
 
 def test_delta_launch_config_follows_tiles(monkeypatch):

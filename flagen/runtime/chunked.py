@@ -228,6 +228,7 @@ def run_launches(launches, phase: str) -> None:
     ``phase`` ("forward", "backward": their specialisations differ) runs, every kernel after the
     first compiles meanwhile in a thread (compile_ahead; Triton's compiler releases the GIL):
     a first call waits for its slowest compile, not for their sum."""
+    launches = [(kernel, grid, args, _stages(kernel, kwargs)) for kernel, grid, args, kwargs in launches]
     pending = [None] + [compile_ahead(*launch, key=(launch[0], phase)) for launch in launches[1:]]
     for (kernel, grid, args, kwargs), ready in zip(launches, pending):
         if ready is not None:
@@ -238,26 +239,33 @@ def run_launches(launches, phase: str) -> None:
         _launch(kernel, grid, args, kwargs)
 
 
-# (kernel, launch options) whose pipelined build needs more shared memory than the GPU has
+# (kernel, launch options but tensors) whose pipelined build needs more shared memory than the GPU has
 _ONE_STAGE: set = set()
+
+
+def _stage_key(kernel, kwargs) -> tuple:
+    return kernel, tuple(sorted((k, v) for k, v in kwargs.items() if not isinstance(v, torch.Tensor)))
+
+
+def _stages(kernel, kwargs) -> dict:
+    """kwargs, with num_stages=1 where this kernel's pipelined build did not fit before (_launch);
+    no work on the hot path until one did not."""
+    if _ONE_STAGE and _stage_key(kernel, kwargs) in _ONE_STAGE:
+        return {**kwargs, "num_stages": 1}
+    return kwargs
 
 
 def _launch(kernel, grid, args, kwargs) -> None:
     """kernel[grid](*args, **kwargs), in one pipeline stage where the tiles' stages need more
     shared memory than this GPU's blocks may have (the tables assume an H100/H200's 227 KiB;
     fp32 operands double a stage): Triton says so when it loads the kernel, and the launch
-    is repeated with num_stages=1, said once per kernel and remembered."""
-    key = None
-    if _ONE_STAGE:
-        key = (kernel, tuple(sorted(kwargs.items(), key=lambda item: item[0])))
-        if key in _ONE_STAGE:
-            kwargs = {**kwargs, "num_stages": 1}
+    is repeated with num_stages=1, said once per kernel and remembered (_stages)."""
     try:
         kernel[grid](*args, **kwargs)
     except OutOfResources as error:
         if kwargs.get("num_stages", 3) == 1:
             raise
-        _ONE_STAGE.add(key or (kernel, tuple(sorted(kwargs.items(), key=lambda item: item[0]))))
+        _ONE_STAGE.add(_stage_key(kernel, kwargs))
         warnings.warn(f"flagen: {getattr(kernel, '__name__', kernel)} needs more shared memory than this GPU has "
                       f"with num_stages={kwargs.get('num_stages', 3)} ({error}); it runs in one stage", stacklevel=3)
         kernel[grid](*args, **{**kwargs, "num_stages": 1})

@@ -73,7 +73,7 @@ def launch_config(kind: str, K: int, V: int, BT: int, dtype: torch.dtype = torch
     else:
         BK = _tile(K, bk)
         if kind == "bwd_wy" and decay == "key" and dtype == torch.float32:
-            stages = 1  # three overflow shared memory with the low-rank form (DPLR, K = 128: 256 KiB)
+            stages = 1  # three overflow shared memory with the low-rank form (DPLR, K = 128: 256 KiB; KDA alike)
     dot = KEY_PATH_PRECISION if decay == "key" else DOT_PRECISION[dtype][ROLE[kind]]
     return dict(BK=BK, BV=_tile(V, bv), DOT=dot, num_warps=warps, num_stages=stages)
 
